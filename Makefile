@@ -1,0 +1,44 @@
+# edgepipe: `make run` (whole pipeline on the bundled data), `make test` (the suite CI runs).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: install run test lint repro mlflow-ui lock clean
+
+# The venv is rebuilt only when the lock file changes. uv installs the exact pinned set.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "uv==0.13.9"
+	$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements.lock
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	edgepipe run
+
+test: install
+	$(PY) -m pytest -ra
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# DVC alone, without Prefect: make sure the data is tracked, then reproduce every stage.
+repro: install
+	edgepipe ingest && dvc repro
+
+mlflow-ui: install
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+# Re-resolve requirements.lock from pyproject.toml (then commit both).
+lock: install
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock
+
+clean:
+	rm -rf data/prepared models metrics reports mlruns mlartifacts mlflow.db
