@@ -1,0 +1,18 @@
+"""edgepipe pipeline steps as plain functions (no Prefect imports).
+
+This is the one place that sets the process environment the steps rely on, before anything imports
+TensorFlow: tfmot needs the legacy tf-keras (Keras 2) API, and no tool here may phone home.
+"""
+
+import os
+
+_ENV_DEFAULTS = {
+    "TF_USE_LEGACY_KERAS": "1",  # tfmot rejects Keras 3 models; must be set before `import tensorflow`
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
+for _key, _value in _ENV_DEFAULTS.items():
+    os.environ.setdefault(_key, _value)

@@ -1,0 +1,150 @@
+"""The schema of params.yaml, and `load_params`, the one function that reads it.
+
+Every section is a frozen pydantic model that forbids unknown keys, so a typo or a bad value fails at
+start-up with the key's dotted path, before any data is touched. Each step receives only its section.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from components.errors import EdgepipeError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageSpec(_Section):
+    """What the model sees. Recorded in the manifest and in the metadata of every exported artifact."""
+
+    height: int = Field(32, ge=8, le=1024)
+    width: int = Field(32, ge=8, le=1024)
+    channels: Literal[1, 3] = 1
+    # input = (pixel / 255 - mean) / std, per channel value shared by all channels
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0)
+
+
+class SplitSpec(_Section):
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 42
+
+
+class DataConfig(_Section):
+    raw_dir: Path = Path("data/raw")
+    # When raw_dir holds no images: "digits" writes sklearn's bundled load_digits there; "none" is an error.
+    bundled_if_empty: Literal["digits", "none"] = "digits"
+    image: ImageSpec = ImageSpec()
+    split: SplitSpec = SplitSpec()
+
+
+class ModelConfig(_Section):
+    name: str = Field("edgepipe-digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    architecture: Literal["small_cnn", "mobilenet_v2"] = "small_cnn"
+    width_multiplier: float = Field(1.0, gt=0, le=2.0, description="filters scale; MobileNetV2 alpha")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(8, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    seed: int = 0
+
+
+class PruneConfig(_Section):
+    target_sparsity: float = Field(0.5, ge=0.0, lt=1.0)
+    epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    learning_rate: float = Field(5e-4, gt=0, lt=1)
+    frequency: int = Field(10, ge=1, description="prune every N steps")
+
+
+class QatConfig(_Section):
+    epochs: int = Field(2, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+
+
+class ExportConfig(_Section):
+    onnx_opset: int = Field(13, ge=13, le=21)
+    representative_samples: int = Field(200, ge=1, le=100_000)
+
+
+class GatesConfig(_Section):
+    """Release gates checked by `validate`: a failing one blocks registration and the DVC push."""
+
+    max_accuracy_drop: float = Field(0.05, ge=0, le=1, description="vs the float Keras model")
+    min_agreement: float = Field(0.9, ge=0, le=1, description="top-1 agreement with the float Keras model")
+
+
+class MlflowConfig(_Section):
+    """Where runs go is MLFLOW_TRACKING_URI (default sqlite:///mlflow.db), never a credential in this file."""
+
+    experiment: str = Field("edgepipe", min_length=1)
+    register_model: bool = Field(
+        True, description="register the int8 .tflite as a model version if gates pass"
+    )
+
+
+class Params(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    prune: PruneConfig = PruneConfig()
+    qat: QatConfig = QatConfig()
+    export: ExportConfig = ExportConfig()
+    gates: GatesConfig = GatesConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> Params:
+        split = self.data.split
+        if split.val_fraction + split.test_fraction >= 0.8:
+            raise ValueError("data.split: val_fraction + test_fraction must leave at least 20% for training")
+        if (
+            self.model.architecture == "mobilenet_v2"
+            and min(self.data.image.height, self.data.image.width) < 32
+        ):
+            raise ValueError("data.image: mobilenet_v2 needs height and width of at least 32")
+        return self
+
+    def section_digest(self, *sections: str) -> str:
+        """A stable hash of the named sections: part of cache keys and of the MLflow `params_hash` tag."""
+        dumped = {name: self.model_dump(mode="json")[name] for name in sections}
+        return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml. Errors name the file, the dotted key and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepipeError(f"{path}: file not found. Run from the project folder or pass --params PATH.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise EdgepipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise EdgepipeError(f"{path}: the top level must be a mapping of sections (data, model, train, ...).")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise EdgepipeError(describe_validation_error(path, exc)) from None
+
+
+def describe_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} invalid setting(s); fix them and run again:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (misspelt? see the documented keys in params.yaml)")
+        else:
+            lines.append(f"  {key}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""export_tflite: float32 and float16 from the pruned model, full-int8 from the QAT model.
+
+Labels, input shape and normalisation are embedded in each file as TFLite metadata named "edgepipe"
+(read them back with `read_tflite_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as schema_fb
+from tensorflow.lite.tools import flatbuffer_utils
+
+from components.atomic import atomic_path
+from components.config import ExportConfig
+from components.dataset import load_split, read_dataset_info
+from components.formats import ExportFormat, by_container
+from components.model import load_model
+from components.qat import load_qat_model
+
+log = logging.getLogger(__name__)
+
+METADATA_NAME = "edgepipe"
+
+
+def convert(model: tf.keras.Model, precision: str, representative: np.ndarray | None = None) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if precision == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        if representative is None:
+            raise ValueError("int8 conversion needs representative data")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([sample[None]] for sample in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def embed_metadata(model_bytes: bytes, metadata: dict) -> bytes:
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    buffer = schema_fb.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema_fb.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_tflite_metadata(path: Path) -> dict:
+    model = flatbuffer_utils.read_model(str(path))
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == METADATA_NAME:
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    return {}
+
+
+def representative_samples(prepared_dir: Path, count: int) -> np.ndarray:
+    x_train, _ = load_split(prepared_dir, "train")
+    order = np.random.default_rng(0).permutation(len(x_train))[:count]
+    return x_train[order]
+
+
+def export_tflite(
+    config: ExportConfig, prepared_dir: Path, pruned_model: Path, qat_weights: Path, export_dir: Path
+) -> dict[str, int]:
+    """Write every TFLite format of the registry; returns {format name: file bytes}."""
+    info = read_dataset_info(prepared_dir)
+    sources = {"pruned": load_model(pruned_model), "qat": load_qat_model(pruned_model, qat_weights)}
+    representative = representative_samples(prepared_dir, config.representative_samples)
+    sizes = {}
+    for fmt in by_container("tflite"):
+        sizes[fmt.name] = write_format(fmt, sources[fmt.source], representative, info.metadata(), export_dir)
+    return sizes
+
+
+def write_format(
+    fmt: ExportFormat, model: tf.keras.Model, representative: np.ndarray, meta: dict, export_dir: Path
+) -> int:
+    data = embed_metadata(convert(model, fmt.precision, representative), {**meta, "format": fmt.name})
+    with atomic_path(fmt.path(export_dir)) as tmp:
+        tmp.write_bytes(data)
+    log.info("wrote %s (%d bytes)", fmt.path(export_dir), len(data))
+    return len(data)

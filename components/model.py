@@ -1,0 +1,79 @@
+"""Model architectures, Keras model file I/O and weight sparsity (tf-keras, i.e. Keras 2, for tfmot)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+from components.atomic import atomic_path
+from components.config import ModelConfig
+from components.errors import EdgepipeError
+
+keras = tf.keras  # tf_keras, because components/__init__ sets TF_USE_LEGACY_KERAS=1
+
+PRUNABLE_WEIGHTS = ("kernel:0", "depthwise_kernel:0")
+
+
+def build_model(config: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """An untrained classifier that outputs logits. Never downloads weights (weights=None)."""
+    if config.architecture == "mobilenet_v2":
+        backbone = keras.applications.MobileNetV2(
+            input_shape=input_shape,
+            alpha=config.width_multiplier,
+            include_top=False,
+            weights=None,
+            pooling="avg",
+        )
+        outputs = keras.layers.Dense(num_classes, name="logits")(backbone.output)
+        return keras.Model(backbone.input, outputs, name=config.name)
+
+    def filters(n: int) -> int:
+        return max(4, round(n * config.width_multiplier))
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = keras.layers.Conv2D(filters(16), 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(filters(32), 3, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(filters(64), 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=config.name)
+
+
+def compile_classifier(model: keras.Model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load a .keras file written by this pipeline (safe_mode: no arbitrary code from the file)."""
+    if not Path(path).is_file():
+        raise EdgepipeError(f"{path}: model file not found. Run the step that makes it first (edgepipe run).")
+    with tfmot.quantization.keras.quantize_scope():
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+
+
+def sparsity(model: keras.Model) -> float:
+    """Fraction of exactly-zero values over all conv/dense kernels (biases are never pruned)."""
+    kernels = [w.numpy() for w in model.weights if w.name.split("/")[-1] in PRUNABLE_WEIGHTS]
+    total = sum(k.size for k in kernels)
+    return float(sum(np.count_nonzero(k == 0) for k in kernels) / total) if total else 0.0
+
+
+def seed_everything(seed: int) -> None:
+    keras.utils.set_random_seed(seed)
+    with contextlib.suppress(RuntimeError):  # already enabled in this process
+        tf.config.experimental.enable_op_determinism()

@@ -1,0 +1,63 @@
+"""Every artifact path, defined once. dvc.yaml is generated from `components.stages` which uses these,
+and a test checks the committed dvc.yaml against it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    root: Path
+
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def manifest(self) -> Path:
+        return self.prepared_dir / "manifest.json"
+
+    def split_file(self, split: str) -> Path:
+        return self.prepared_dir / f"{split}.npz"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def float_model(self) -> Path:
+        return self.models_dir / "float.keras"
+
+    @property
+    def pruned_model(self) -> Path:
+        return self.models_dir / "pruned.keras"
+
+    @property
+    def qat_weights(self) -> Path:
+        """QAT weights only: the model is rebuilt from pruned.keras (safe to load, no custom-object file)."""
+        return self.models_dir / "qat.weights.h5"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.models_dir / "export"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    def metrics_file(self, stage: str) -> Path:
+        return self.metrics_dir / f"{stage}.json"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def results_table(self) -> Path:
+        return self.reports_dir / "results.md"
+
+    def rel(self, path: Path) -> str:
+        """Path as written in dvc.yaml: relative to the project root, forward slashes."""
+        return path.relative_to(self.root).as_posix()

@@ -1,0 +1,65 @@
+"""qat: pruning-preserving quantization-aware fine-tuning (PQAT) of the pruned model.
+
+The PrunePreserve scheme keeps the zero mask of the pruned kernels during fine-tuning, so the sparsity
+reached by `prune` survives into the int8 model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import tensorflow_model_optimization as tfmot
+
+from components.atomic import atomic_path, write_json
+from components.config import QatConfig
+from components.dataset import load_split
+from components.model import compile_classifier, load_model, seed_everything, sparsity
+
+log = logging.getLogger(__name__)
+
+
+def quantization_aware(pruned: object) -> object:
+    annotated = tfmot.quantization.keras.quantize_annotate_model(pruned)
+    return tfmot.quantization.keras.quantize_apply(
+        annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    )
+
+
+def load_qat_model(pruned_model: Path, qat_weights: Path) -> object:
+    """The fine-tuned QAT model: the PQAT wrapping of the pruned model with the saved weights.
+
+    Only weights are saved because tf-keras cannot reload a quantize-wrapped .keras file.
+    """
+    model = quantization_aware(load_model(pruned_model))
+    model.load_weights(qat_weights)
+    return model
+
+
+def qat(
+    config: QatConfig, prepared_dir: Path, pruned_model: Path, weights_out: Path, metrics_out: Path
+) -> dict:
+    x_train, y_train = load_split(prepared_dir, "train")
+    x_val, y_val = load_split(prepared_dir, "val")
+    seed_everything(0)
+    pruned = load_model(pruned_model)
+    model = quantization_aware(pruned)
+    compile_classifier(model, config.learning_rate)
+    history = model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        verbose=2,
+    )
+    metrics = {
+        "sparsity_before": sparsity(pruned),
+        "sparsity": sparsity(model),
+        "val_accuracy": float(history.history["val_accuracy"][-1]),
+    }
+    with atomic_path(weights_out) as tmp:
+        model.save_weights(tmp)
+    write_json(metrics_out, metrics)
+    log.info("quantization-aware fine-tuning: %s", metrics)
+    return metrics

@@ -1,0 +1,148 @@
+"""register: one MLflow run per pipeline run (params, per-artifact metrics, files, results table); the
+int8 .tflite registered as a model version, only when the release gates passed.
+
+Tracking store: MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db (MLflow's default backend).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cloudpickle
+import mlflow
+import numpy as np
+import onnx
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+import components.litert_pyfunc
+import components.runtimes
+from components.config import MlflowConfig, Params
+from components.dataset import load_split
+from components.errors import EdgepipeError
+from components.formats import RELEASE_FORMAT, get_format
+
+log = logging.getLogger(__name__)
+
+PYFUNC_REQUIREMENTS = ["mlflow==3.17.2", "numpy", "ai-edge-litert==2.3.0"]
+
+
+@dataclass(frozen=True)
+class Registration:
+    run_id: str
+    experiment_id: str
+    model_name: str | None
+    version: str | None
+    tracking_uri: str
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str) -> None:
+    """Fail early and clearly when the tracking server is down (Prefect retries the task)."""
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        raise EdgepipeError(
+            f"MLflow tracking store {uri} is not reachable ({type(exc).__name__}). Start the server "
+            "(see README) or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db; the artifacts "
+            "are kept on disk and in DVC, run again to register."
+        ) from None
+
+
+def flatten(prefix: str, value: object) -> dict[str, object]:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    return {prefix: value}
+
+
+def register(
+    config: MlflowConfig,
+    params: Params,
+    root: Path,
+    export_dir: Path,
+    prepared_dir: Path,
+    report: dict,
+    extra_metrics: dict[str, float],
+    files: list[Path],
+    tags: dict[str, str],
+    version_tags: dict[str, str],
+    run_name: str | None = None,
+) -> Registration:
+    uri = tracking_uri(root)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(config.experiment)
+    release = get_format(RELEASE_FORMAT)
+    x_example, _ = load_split(prepared_dir, "test")
+    x_example = x_example[:4]
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params(flatten("", params.model_dump(mode="json")))
+        mlflow.log_metrics({"float_accuracy": report["float_accuracy"], **extra_metrics})
+        for cell in report["cells"]:
+            key = f"{cell['format']}.{cell['runtime']}"
+            mlflow.log_metric(f"{key}.loaded", float(cell["loaded"]))
+            mlflow.log_metric(f"{cell['format']}.bytes", cell["bytes"])
+            if cell["loaded"]:
+                mlflow.log_metrics(
+                    {f"{key}.accuracy": cell["accuracy"], f"{key}.agreement": cell["agreement"]}
+                )
+        mlflow.log_metric("gates_passed", float(report["gates"]["passed"]))
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path=path.parent.name)
+
+        tflite = release.path(export_dir)
+        logits = components.runtimes.litert(tflite)(x_example)
+        # The pyfunc returns probabilities: same shape and dtype as the logits.
+        signature = infer_signature(x_example, logits.astype(np.float32))
+        # Pickle the wrapper by value so the logged model loads without edgepipe installed.
+        cloudpickle.register_pickle_by_value(components.litert_pyfunc)
+        cloudpickle.register_pickle_by_value(components.runtimes)
+        try:
+            tflite_info = mlflow.pyfunc.log_model(
+                name=release.name,
+                python_model=components.litert_pyfunc.LiteRTClassifier(),
+                artifacts={"tflite": str(tflite)},
+                signature=signature,
+                pip_requirements=PYFUNC_REQUIREMENTS,
+                metadata={"edgepipe_format": release.name, "sha256": version_tags["sha256"]},
+            )
+        finally:
+            cloudpickle.unregister_pickle_by_value(components.litert_pyfunc)
+            cloudpickle.unregister_pickle_by_value(components.runtimes)
+        onnx_format = get_format("onnx_float32")
+        mlflow.onnx.log_model(
+            onnx.load(str(onnx_format.path(export_dir))),
+            name=onnx_format.name,
+            signature=infer_signature(x_example[:1], logits[:1]),
+        )
+
+        version = None
+        if report["gates"]["passed"] and config.register_model:
+            try:
+                registered = mlflow.register_model(
+                    tflite_info.model_uri, params.model.name, tags=version_tags
+                )
+            except MlflowException as exc:
+                raise EdgepipeError(f"MLflow could not register {params.model.name}: {exc}") from None
+            version = registered.version
+            log.info("registered %s version %s", params.model.name, version)
+        else:
+            log.warning("not registered: %s", "gates failed" if not report["gates"]["passed"] else "disabled")
+        return Registration(
+            run_id=run.info.run_id,
+            experiment_id=run.info.experiment_id,
+            model_name=params.model.name if version else None,
+            version=version,
+            tracking_uri=uri,
+        )

@@ -1,0 +1,211 @@
+"""The pipeline's steps as DVC stages: what each reads (params sections, files), what it writes, and the
+adapter that hands it only its own config section.
+
+This table is the single definition used by the Prefect flow (cache keys, `dvc commit`), by
+`edgepipe stage NAME` (the command in dvc.yaml) and by `edgepipe dvc-yaml`, which writes dvc.yaml;
+a test checks that the committed dvc.yaml is what this table generates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.atomic import write_json
+from components.config import Params
+from components.formats import by_container
+from components.paths import ProjectPaths
+
+COMMON_CODE = ("components/config.py", "components/dataset.py")
+RAW_DATA_DEP = "${data.raw_dir}"  # DVC interpolates it from params.yaml
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    params: tuple[str, ...]  # params.yaml sections the step reads
+    code: tuple[str, ...]  # source files; a change re-runs the step
+    deps: Callable[[ProjectPaths], tuple[Path, ...]]
+    outs: Callable[[ProjectPaths], tuple[Path, ...]]
+    metrics: Callable[[ProjectPaths], Path]
+    run: Callable[[Params, ProjectPaths], dict]
+
+    def dep_paths(self, paths: ProjectPaths, params: Params) -> tuple[Path, ...]:
+        """Every file or folder whose content decides this step's result, raw data resolved."""
+        code = tuple(paths.root / c for c in (*COMMON_CODE, *self.code))
+        data = tuple(params.data.raw_dir if p == Path(RAW_DATA_DEP) else p for p in self.deps(paths))
+        return code + tuple(paths.root / p if not p.is_absolute() else p for p in data)
+
+
+def _prepare(params: Params, paths: ProjectPaths) -> dict:
+    from components.prepare import prepare
+
+    summary = prepare(params.data, paths.prepared_dir)
+    write_json(
+        paths.metrics_file("prepare"), {"counts": summary["counts"], "classes": len(summary["classes"])}
+    )
+    return summary
+
+
+def _train(params: Params, paths: ProjectPaths) -> dict:
+    from components.train import train
+
+    return train(
+        params.model, params.train, paths.prepared_dir, paths.float_model, paths.metrics_file("train")
+    )
+
+
+def _prune(params: Params, paths: ProjectPaths) -> dict:
+    from components.prune import prune
+
+    return prune(
+        params.prune, paths.prepared_dir, paths.float_model, paths.pruned_model, paths.metrics_file("prune")
+    )
+
+
+def _qat(params: Params, paths: ProjectPaths) -> dict:
+    from components.qat import qat
+
+    return qat(
+        params.qat, paths.prepared_dir, paths.pruned_model, paths.qat_weights, paths.metrics_file("qat")
+    )
+
+
+def _export_tflite(params: Params, paths: ProjectPaths) -> dict:
+    from components.export_tflite import export_tflite
+
+    sizes = export_tflite(
+        params.export, paths.prepared_dir, paths.pruned_model, paths.qat_weights, paths.export_dir
+    )
+    write_json(paths.metrics_file("export_tflite"), {"bytes": sizes})
+    return sizes
+
+
+def _export_onnx(params: Params, paths: ProjectPaths) -> dict:
+    from components.export_onnx import export_onnx
+
+    sizes = export_onnx(params.export, paths.prepared_dir, paths.pruned_model, paths.export_dir)
+    write_json(paths.metrics_file("export_onnx"), {"bytes": sizes})
+    return sizes
+
+
+def _validate(params: Params, paths: ProjectPaths) -> dict:
+    from components.validate import validate
+
+    return validate(
+        params.gates,
+        paths.prepared_dir,
+        paths.float_model,
+        paths.pruned_model,
+        paths.qat_weights,
+        paths.export_dir,
+        paths.metrics_file("validate"),
+    )
+
+
+def _export_files(container: str) -> Callable[[ProjectPaths], tuple[Path, ...]]:
+    return lambda p: tuple(fmt.path(p.export_dir) for fmt in by_container(container))
+
+
+def _all_exports(p: ProjectPaths) -> tuple[Path, ...]:
+    return _export_files("tflite")(p) + _export_files("onnx")(p)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "prepare",
+        ("data",),
+        ("components/prepare.py",),
+        deps=lambda p: (Path(RAW_DATA_DEP),),
+        outs=lambda p: (p.prepared_dir,),
+        metrics=lambda p: p.metrics_file("prepare"),
+        run=_prepare,
+    ),
+    Stage(
+        "train",
+        ("model", "train"),
+        ("components/train.py", "components/model.py"),
+        deps=lambda p: (p.prepared_dir,),
+        outs=lambda p: (p.float_model,),
+        metrics=lambda p: p.metrics_file("train"),
+        run=_train,
+    ),
+    Stage(
+        "prune",
+        ("prune",),
+        ("components/prune.py", "components/model.py"),
+        deps=lambda p: (p.prepared_dir, p.float_model),
+        outs=lambda p: (p.pruned_model,),
+        metrics=lambda p: p.metrics_file("prune"),
+        run=_prune,
+    ),
+    Stage(
+        "qat",
+        ("qat",),
+        ("components/qat.py", "components/model.py"),
+        deps=lambda p: (p.prepared_dir, p.pruned_model),
+        outs=lambda p: (p.qat_weights,),
+        metrics=lambda p: p.metrics_file("qat"),
+        run=_qat,
+    ),
+    Stage(
+        "export_tflite",
+        ("export",),
+        (
+            "components/export_tflite.py",
+            "components/formats.py",
+            "components/model.py",
+            "components/qat.py",
+        ),
+        deps=lambda p: (p.prepared_dir, p.pruned_model, p.qat_weights),
+        outs=_export_files("tflite"),
+        metrics=lambda p: p.metrics_file("export_tflite"),
+        run=_export_tflite,
+    ),
+    Stage(
+        "export_onnx",
+        ("export",),
+        ("components/export_onnx.py", "components/formats.py", "components/model.py"),
+        deps=lambda p: (p.prepared_dir, p.pruned_model),
+        outs=_export_files("onnx"),
+        metrics=lambda p: p.metrics_file("export_onnx"),
+        run=_export_onnx,
+    ),
+    Stage(
+        "validate",
+        ("gates",),
+        (
+            "components/validate.py",
+            "components/runtimes.py",
+            "components/formats.py",
+            "components/model.py",
+            "components/qat.py",
+        ),
+        deps=lambda p: (p.prepared_dir, p.float_model, p.pruned_model, p.qat_weights, *_all_exports(p)),
+        outs=lambda p: (),
+        metrics=lambda p: p.metrics_file("validate"),
+        run=_validate,
+    ),
+)
+
+
+def get_stage(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(name)
+
+
+def dvc_yaml(paths: ProjectPaths) -> dict:
+    """dvc.yaml as a dict: one stage per step with exact deps, params, outs and metrics."""
+    stages = {}
+    for stage in STAGES:
+        deps = [*COMMON_CODE, *stage.code]
+        deps += [RAW_DATA_DEP if p == Path(RAW_DATA_DEP) else paths.rel(p) for p in stage.deps(paths)]
+        entry: dict = {"cmd": f"edgepipe stage {stage.name}", "deps": deps, "params": list(stage.params)}
+        if stage.outs(paths):
+            entry["outs"] = [paths.rel(p) for p in stage.outs(paths)]
+        entry["metrics"] = [{paths.rel(stage.metrics(paths)): {"cache": False}}]
+        stages[stage.name] = entry
+    return {"stages": stages}

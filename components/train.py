@@ -1,0 +1,42 @@
+"""train: the float baseline classifier."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from components.atomic import write_json
+from components.config import ModelConfig, TrainConfig
+from components.dataset import load_split, read_dataset_info
+from components.model import build_model, compile_classifier, save_model, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    model_config: ModelConfig, config: TrainConfig, prepared_dir: Path, model_out: Path, metrics_out: Path
+) -> dict:
+    info = read_dataset_info(prepared_dir)
+    x_train, y_train = load_split(prepared_dir, "train")
+    x_val, y_val = load_split(prepared_dir, "val")
+    seed_everything(config.seed)
+    model = build_model(model_config, info.input_shape, info.num_classes)
+    compile_classifier(model, config.learning_rate)
+    history = model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        shuffle=True,
+        verbose=2,
+    )
+    metrics = {
+        "val_accuracy": float(history.history["val_accuracy"][-1]),
+        "train_accuracy": float(history.history["accuracy"][-1]),
+        "parameters": int(model.count_params()),
+    }
+    save_model(model, model_out)
+    write_json(metrics_out, metrics)
+    log.info("trained %s: %s", model_config.architecture, metrics)
+    return metrics
