@@ -56,6 +56,15 @@ def check_reachable(uri: str) -> None:
         ) from None
 
 
+def existing_version(uri: str, model_name: str, sha256: str) -> str | None:
+    """The model version whose file has this sha256, so an unchanged re-run registers nothing new."""
+    client = MlflowClient(uri)
+    for version in client.search_model_versions(f"name = '{model_name}'"):
+        if version.tags.get("sha256") == sha256:
+            return version.version
+    return None
+
+
 def flatten(prefix: str, value: object) -> dict[str, object]:
     if isinstance(value, dict):
         out = {}
@@ -114,6 +123,7 @@ def register(
                 python_model=components.litert_pyfunc.LiteRTClassifier(),
                 artifacts={"tflite": str(tflite)},
                 signature=signature,
+                input_example=x_example,
                 pip_requirements=PYFUNC_REQUIREMENTS,
                 metadata={"edgepipe_format": release.name, "sha256": version_tags["sha256"]},
             )
@@ -129,14 +139,23 @@ def register(
 
         version = None
         if report["gates"]["passed"] and config.register_model:
-            try:
-                registered = mlflow.register_model(
-                    tflite_info.model_uri, params.model.name, tags=version_tags
+            version = existing_version(uri, params.model.name, version_tags["sha256"])
+            if version:
+                log.info(
+                    "%s version %s already holds these bytes; not registered again",
+                    params.model.name,
+                    version,
                 )
-            except MlflowException as exc:
-                raise EdgepipeError(f"MLflow could not register {params.model.name}: {exc}") from None
-            version = registered.version
-            log.info("registered %s version %s", params.model.name, version)
+            else:
+                try:
+                    registered = mlflow.register_model(
+                        tflite_info.model_uri, params.model.name, tags=version_tags
+                    )
+                except MlflowException as exc:
+                    raise EdgepipeError(f"MLflow could not register {params.model.name}: {exc}") from None
+                version = registered.version
+                log.info("registered %s version %s", params.model.name, version)
+            mlflow.set_tag("registered_version", version)
         else:
             log.warning("not registered: %s", "gates failed" if not report["gates"]["passed"] else "disabled")
         return Registration(
