@@ -6,10 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.config import DataConfig
+
 
 @dataclass(frozen=True)
 class ProjectPaths:
     root: Path
+
+    def raw_dir(self, data: DataConfig) -> Path:
+        """data.raw_dir from params.yaml, relative to the project folder (as DVC reads it) unless absolute."""
+        return self.root / data.raw_dir
 
     @property
     def prepared_dir(self) -> Path:

@@ -52,9 +52,8 @@ def has_images(raw_dir: Path) -> bool:
     return raw_dir.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in raw_dir.rglob("*"))
 
 
-def ensure_raw_data(config: DataConfig) -> Path:
+def ensure_raw_data(config: DataConfig, raw_dir: Path) -> Path:
     """Make sure raw_dir holds images: write the bundled digits if it is empty and that is allowed."""
-    raw_dir = config.raw_dir
     if has_images(raw_dir):
         return raw_dir
     if config.bundled_if_empty == "none":
@@ -140,12 +139,12 @@ def stratified_split(labels: np.ndarray, config: DataConfig, classes: list[str],
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def prepare(config: DataConfig, out_dir: Path) -> dict:
-    """Scan `config.raw_dir`, check every image, split, and write `<split>.npz` + manifest.json to out_dir.
+def prepare(config: DataConfig, raw_dir: Path, out_dir: Path) -> dict:
+    """Scan raw_dir, check every image, split, and write `<split>.npz` + manifest.json to out_dir.
 
     Returns the summary written to the manifest. The folder is replaced atomically.
     """
-    classes, images = scan_image_folder(config.raw_dir)
+    classes, images = scan_image_folder(raw_dir)
     arrays = np.stack([load_image(item.path, config.image) for item in images])
     labels = np.array([item.label for item in images], dtype=np.int64)
     files = [item.path for item in images]
@@ -159,7 +158,7 @@ def prepare(config: DataConfig, out_dir: Path) -> dict:
         "counts": {name: int(len(idx)) for name, idx in splits.items()},
         "files": [
             {
-                "path": files[i].relative_to(config.raw_dir).as_posix(),
+                "path": files[i].relative_to(raw_dir).as_posix(),
                 "label": int(labels[i]),
                 "split": name,
                 "sha256": file_digest(files[i]),

@@ -34,14 +34,14 @@ class Stage:
     def dep_paths(self, paths: ProjectPaths, params: Params) -> tuple[Path, ...]:
         """Every file or folder whose content decides this step's result, raw data resolved."""
         code = tuple(paths.root / c for c in (*COMMON_CODE, *self.code))
-        data = tuple(params.data.raw_dir if p == Path(RAW_DATA_DEP) else p for p in self.deps(paths))
-        return code + tuple(paths.root / p if not p.is_absolute() else p for p in data)
+        data = tuple(paths.raw_dir(params.data) if p == Path(RAW_DATA_DEP) else p for p in self.deps(paths))
+        return code + data
 
 
 def _prepare(params: Params, paths: ProjectPaths) -> dict:
     from components.prepare import prepare
 
-    summary = prepare(params.data, paths.prepared_dir)
+    summary = prepare(params.data, paths.raw_dir(params.data), paths.prepared_dir)
     write_json(
         paths.metrics_file("prepare"), {"counts": summary["counts"], "classes": len(summary["classes"])}
     )

@@ -105,7 +105,8 @@ def ingest(params: Path = typer.Option(Path("params.yaml"))) -> None:
     from components.config import load_params
     from components.prepare import ensure_raw_data
 
-    raw_dir = ensure_raw_data(load_params(params).data)
+    data = load_params(params).data
+    raw_dir = ensure_raw_data(data, ProjectPaths(Path.cwd()).raw_dir(data))
     versioning.track_data(Path.cwd(), raw_dir)
     console.print(f"{raw_dir} is tracked by DVC ({raw_dir}.dvc)")
 

@@ -31,7 +31,7 @@ from flows.caching import stage_cache_key
 @task(name="ingest", retries=2, retry_delay_seconds=5)
 def ingest(params: Params, root: Path) -> str:
     """Make sure there is data (bundled digits when allowed) and record its version with `dvc add`."""
-    raw_dir = ensure_raw_data(params.data)
+    raw_dir = ensure_raw_data(params.data, ProjectPaths(root).raw_dir(params.data))
     versioning.track_data(root, raw_dir)
     return str(raw_dir)
 
