@@ -61,7 +61,7 @@ def existing_version(uri: str, model_name: str, sha256: str) -> str | None:
     client = MlflowClient(uri)
     for version in client.search_model_versions(f"name = '{model_name}'"):
         if version.tags.get("sha256") == sha256:
-            return version.version
+            return str(version.version)
     return None
 
 
@@ -153,7 +153,7 @@ def register(
                     )
                 except MlflowException as exc:
                     raise EdgepipeError(f"MLflow could not register {params.model.name}: {exc}") from None
-                version = registered.version
+                version = str(registered.version)
                 log.info("registered %s version %s", params.model.name, version)
             mlflow.set_tag("registered_version", version)
         else:
