@@ -1,0 +1,138 @@
+"""Shared fixtures: tiny image folders the tests create, tiny params, an isolated Prefect home.
+
+Everything here is real: real PNG files, real TensorFlow training (a few seconds on tiny data), a real
+Prefect test server, real git + DVC repositories in temporary folders.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Before Prefect, MLflow or TensorFlow are imported by any test module: an isolated Prefect home,
+# no server from the developer's profile, and the project's environment defaults.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="edgepipe-prefect-home-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.setdefault("DVC_SITE_CACHE_DIR", tempfile.mkdtemp(prefix="edgepipe-dvc-site-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import components  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS etc. before TensorFlow)
+
+# isort: split
+# Prefect configures logging on import with dictConfig, which closes every existing handler. If TensorFlow
+# came first, absl's handler is among them and closing it closes pytest's captured stderr, which silently
+# ends the test session after collection. So Prefect is imported before any test module imports TensorFlow.
+import prefect.main  # noqa: E402,F401  (prefect itself imports lazily; prefect.main sets up logging)
+
+from components.config import Params  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DVC = [sys.executable, "-m", "dvc"]  # the venv's DVC, whether or not .venv/bin is on PATH
+GIT = ["git", "-c", "user.name=edgepipe-tests", "-c", "user.email=tests@edgepipe.invalid"]
+
+# Small settings so a whole pipeline trains in seconds on 2 cores. Images 16x16 grayscale.
+TINY_PARAMS = {
+    "data": {
+        "raw_dir": "data/raw",
+        "bundled_if_empty": "none",
+        "image": {"height": 16, "width": 16, "channels": 1},
+        "split": {"val_fraction": 0.2, "test_fraction": 0.25, "seed": 1},
+    },
+    "model": {"name": "tiny-patterns", "width_multiplier": 0.5},
+    "train": {"epochs": 12, "batch_size": 16, "learning_rate": 0.01, "seed": 0},
+    "prune": {"target_sparsity": 0.5, "epochs": 3, "batch_size": 16, "learning_rate": 0.001, "frequency": 2},
+    "qat": {"epochs": 2, "batch_size": 16, "learning_rate": 0.0001},
+    "export": {"onnx_opset": 13, "representative_samples": 32},
+    "gates": {"max_accuracy_drop": 0.25, "min_agreement": 0.7},
+    "mlflow": {"experiment": "edgepipe-tests", "register_model": True},
+}
+
+
+def pattern_image(label: int, rng: np.random.Generator, size: tuple[int, int] = (20, 20)) -> np.ndarray:
+    """A grayscale image whose class is easy to learn: horizontal bars, vertical bars or a diagonal."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    phase = rng.integers(0, 4)
+    if label == 0:
+        base = ((yy + phase) // 2) % 2
+    elif label == 1:
+        base = ((xx + phase) // 2) % 2
+    else:
+        base = (np.abs(yy - xx - phase + 2) < 3).astype(int)
+    noise = rng.normal(0, 25, size)
+    return np.clip(base * 200 + 30 + noise, 0, 255).astype(np.uint8)
+
+
+def write_image_folder(
+    root: Path, per_class: int = 24, classes=("bars", "stripes", "diagonal"), seed=0
+) -> Path:
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(pattern_image(label % 3, rng)).save(folder / f"{name}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "raw")
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    return Params.model_validate(TINY_PARAMS)
+
+
+def write_params(path: Path, overrides: dict | None = None) -> Path:
+    data = yaml.safe_load(yaml.safe_dump(TINY_PARAMS))
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run(cmd: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, **kwargs)
+
+
+def make_project_repo(dest: Path, remote: Path, per_class: int = 24) -> Path:
+    """A copy of this project as a user's clone would hold it (code, dvc.yaml, tiny params, user data),
+    as a real git + DVC repository whose default remote is a local folder."""
+    dest.mkdir(parents=True)
+    for name in ("components", "flows"):
+        shutil.copytree(PROJECT_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
+        shutil.copy2(PROJECT_ROOT / name, dest / name)
+    write_params(dest / "params.yaml")
+    write_image_folder(dest / "data" / "raw", per_class=per_class)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run([*DVC, "init", "-q"], dest)
+    run([*DVC, "remote", "add", "-d", "local", str(remote)], dest)
+    run(["git", "add", "-A"], dest)
+    run([*GIT, "commit", "-q", "-m", "project"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real temporary Prefect server for the session (Prefect's own test harness)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,62 @@
+"""The command line and the committed dvc.yaml: user errors print a message naming the key (exit 2, no
+traceback); dvc.yaml is exactly what the stage table generates, so artifact paths live in one place."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+
+from components.formats import FORMATS
+from components.paths import ProjectPaths
+from components.stages import STAGES, dvc_yaml
+from conftest import PROJECT_ROOT, write_params
+from flows.cli import render_dvc_yaml
+
+CLI = [sys.executable, "-m", "flows.cli"]
+
+
+def edgepipe(*args: str, cwd=PROJECT_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_committed_dvc_yaml_is_generated_from_the_stage_table():
+    text = render_dvc_yaml(dvc_yaml(ProjectPaths(PROJECT_ROOT)))
+    assert (PROJECT_ROOT / "dvc.yaml").read_text() == text
+
+
+def test_dvc_yaml_lists_every_stage_export_and_params_section():
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == [s.name for s in STAGES]
+    outs = {o for s in stages.values() for o in s.get("outs", [])}
+    assert {f"models/export/{f.filename}" for f in FORMATS} <= outs
+    for stage in STAGES:
+        entry = stages[stage.name]
+        assert entry["cmd"] == f"edgepipe stage {stage.name}"
+        assert set(entry["params"]) == set(stage.params)
+        assert entry["metrics"] == [{f"metrics/{stage.name}.json": {"cache": False}}]
+    assert "${data.raw_dir}" in stages["prepare"]["deps"]
+
+
+def test_dvc_yaml_check_command_passes_on_the_project():
+    result = edgepipe("dvc-yaml", "--check")
+    assert result.returncode == 0, result.stderr
+    assert "dvc.yaml is up to date" in result.stdout
+
+
+def test_run_with_a_bad_params_file_names_the_key_without_traceback(tmp_path):
+    write_params(tmp_path / "params.yaml", {"prune.target_sparsity": 1.5, "train.epoch": 3})
+    result = edgepipe("run", "--project-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "prune.target_sparsity: Input should be less than 1" in result.stderr
+    assert "train.epoch: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
+
+
+def test_unknown_stage_is_a_clear_error(tmp_path):
+    write_params(tmp_path / "params.yaml")
+    result = edgepipe("stage", "compile", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown stage 'compile'; see dvc.yaml for the stage names" in result.stderr

@@ -1,0 +1,85 @@
+"""params.yaml is parsed once into a typed config; every mistake names the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.config import Params, load_params
+from components.errors import EdgepipeError
+from conftest import PROJECT_ROOT, write_params
+
+
+def test_project_params_file_is_valid():
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    assert params.model.architecture == "small_cnn"
+    assert params.data.raw_dir == Path("data/raw")
+
+
+def test_tiny_params_round_trip(tmp_path):
+    params = load_params(write_params(tmp_path / "params.yaml"))
+    assert params.data.image.height == 16
+    assert params.prune.target_sparsity == 0.5
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"train.epoch": 3}, "train.epoch: unknown key"),
+        ({"prune.target_sparsity": 1.5}, "prune.target_sparsity: Input should be less than 1"),
+        ({"train.epochs": "many"}, "train.epochs: Input should be a valid integer"),
+        ({"data.image.channels": 2}, "data.image.channels: Input should be 1 or 3"),
+        (
+            {"model.architecture": "resnet"},
+            "model.architecture: Input should be 'small_cnn' or 'mobilenet_v2'",
+        ),
+        ({"gates.min_agreement": -0.1}, "gates.min_agreement: Input should be greater than or equal to 0"),
+        ({"model.name": "bad name/with slash"}, "model.name: String should match pattern"),
+    ],
+)
+def test_bad_value_names_the_key(tmp_path, override, expected):
+    path = write_params(tmp_path / "params.yaml", override)
+    with pytest.raises(EdgepipeError) as info:
+        load_params(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_every_bad_key_is_reported_at_once(tmp_path):
+    path = write_params(tmp_path / "params.yaml", {"train.epochs": 0, "qat.lr": 1})
+    with pytest.raises(EdgepipeError, match="2 invalid setting") as info:
+        load_params(path)
+    assert "train.epochs" in str(info.value) and "qat.lr: unknown key" in str(info.value)
+
+
+def test_split_must_leave_training_data(tmp_path):
+    path = write_params(
+        tmp_path / "p.yaml", {"data.split.val_fraction": 0.45, "data.split.test_fraction": 0.45}
+    )
+    with pytest.raises(EdgepipeError, match="val_fraction \\+ test_fraction must leave at least 20%"):
+        load_params(path)
+
+
+def test_missing_file_says_how_to_fix(tmp_path):
+    with pytest.raises(EdgepipeError, match="file not found. Run from the project folder or pass --params"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train: [epochs: 3\n")
+    with pytest.raises(EdgepipeError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_sections_are_frozen_and_hashed_independently(tiny_params):
+    other = tiny_params.model_copy(update={"qat": tiny_params.qat.model_copy(update={"epochs": 5})})
+    assert tiny_params.section_digest("train") == other.section_digest("train")
+    assert tiny_params.section_digest("qat") != other.section_digest("qat")
+    with pytest.raises(Exception, match="frozen"):
+        tiny_params.train.epochs = 3  # type: ignore[misc]
+
+
+def test_defaults_are_valid():
+    assert Params().train.epochs >= 1

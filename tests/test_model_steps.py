@@ -1,0 +1,172 @@
+"""train -> prune -> qat -> export -> validate on tiny data, through the same stage table the flow and
+`dvc repro` use. Every exported file is reloaded and run in each runtime its format names."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from components.atomic import read_json
+from components.config import GatesConfig, Params
+from components.dataset import load_split, read_dataset_info
+from components.export_tflite import read_tflite_metadata
+from components.formats import FORMATS, RELEASE_FORMAT, get_format
+from components.model import load_model, sparsity
+from components.paths import ProjectPaths
+from components.qat import load_qat_model
+from components.runtimes import RUNTIMES
+from components.stages import STAGES
+from components.validate import gate_failures
+from conftest import TINY_PARAMS, write_image_folder
+
+pytestmark = pytest.mark.slow
+
+# Stated tolerances, logits compared with the Keras model each artifact was converted from.
+FLOAT32_MAX_ABS_DIFF = 1e-4  # same graph, float32 kernels: only operation-order differences
+FLOAT16_MAX_REL_DIFF = 0.02  # float16 weights: ~3 significant digits, relative to the logit range
+INT8_MAX_REL_DIFF = 0.15  # int8 weights and activations, relative to the logit range
+INT8_MIN_AGREEMENT = 0.9  # top-1 agreement of the int8 file with its QAT model
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Params, ProjectPaths, dict]:
+    root = tmp_path_factory.mktemp("project")
+    params = Params.model_validate(TINY_PARAMS)
+    write_image_folder(root / "data" / "raw", per_class=30)
+    paths = ProjectPaths(root)
+    results = {stage.name: stage.run(params, paths) for stage in STAGES}
+    return params, paths, results
+
+
+@pytest.fixture(scope="module")
+def test_split(project):
+    _, paths, _ = project
+    return load_split(paths.prepared_dir, "test")
+
+
+def source_logits(paths: ProjectPaths, source: str, x: np.ndarray) -> np.ndarray:
+    if source == "qat":
+        return load_qat_model(paths.pruned_model, paths.qat_weights).predict(x, verbose=0)
+    return load_model(paths.pruned_model).predict(x, verbose=0)
+
+
+def test_float_model_learns_the_tiny_task(project, test_split):
+    _, paths, results = project
+    x, y = test_split
+    accuracy = np.mean(load_model(paths.float_model).predict(x, verbose=0).argmax(1) == y)
+    assert accuracy >= 0.8
+    assert results["train"]["parameters"] > 0
+
+
+def test_prune_reaches_target_sparsity(project):
+    params, paths, results = project
+    assert results["prune"]["sparsity"] == pytest.approx(params.prune.target_sparsity, abs=0.02)
+    assert sparsity(load_model(paths.pruned_model)) == pytest.approx(results["prune"]["sparsity"])
+
+
+def test_prune_keeps_sparsity_after_qat(project):
+    _, paths, results = project
+    qat_model = load_qat_model(paths.pruned_model, paths.qat_weights)
+    assert results["qat"]["sparsity_before"] == pytest.approx(results["prune"]["sparsity"])
+    assert sparsity(qat_model) >= results["prune"]["sparsity"] - 0.005
+    assert results["qat"]["sparsity"] == pytest.approx(sparsity(qat_model))
+
+
+def test_int8_file_keeps_the_zeros(project):
+    """The pruned zeros survive quantisation: the int8 conv/dense weight tensors are about half zeros."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    params, paths, _ = project
+    interpreter = Interpreter(model_path=str(get_format(RELEASE_FORMAT).path(paths.export_dir)))
+    interpreter.allocate_tensors()
+    weights = [
+        interpreter.get_tensor(d["index"])
+        for d in interpreter.get_tensor_details()
+        if d["dtype"] == np.int8
+        and len(d["shape"]) in (2, 4)
+        and d["quantization_parameters"]["scales"].size > 1
+    ]
+    zeros = sum(int(np.count_nonzero(w == 0)) for w in weights) / sum(w.size for w in weights)
+    assert weights and zeros >= params.prune.target_sparsity - 0.02
+
+
+@pytest.mark.parametrize(
+    ("format_name", "runtime"), [(f.name, r) for f in FORMATS for r in f.runtimes], ids=lambda v: str(v)
+)
+def test_every_export_reloads_and_agrees_with_keras(project, test_split, format_name, runtime):
+    _, paths, _ = project
+    fmt = get_format(format_name)
+    x, _ = test_split
+    expected = source_logits(paths, fmt.source, x)
+    logits = RUNTIMES[runtime](fmt.path(paths.export_dir))(x)
+    assert logits.shape == expected.shape
+    diff = float(np.abs(logits - expected).max())
+    scale = float(expected.max() - expected.min())
+    if fmt.precision == "float32":
+        assert diff <= FLOAT32_MAX_ABS_DIFF
+    elif fmt.precision == "float16":
+        assert diff <= FLOAT16_MAX_REL_DIFF * scale
+    else:
+        assert diff <= INT8_MAX_REL_DIFF * scale
+        assert np.mean(logits.argmax(1) == expected.argmax(1)) >= INT8_MIN_AGREEMENT
+
+
+def test_every_artifact_carries_labels_shape_and_normalisation(project):
+    _, paths, _ = project
+    info = read_dataset_info(paths.prepared_dir)
+    for fmt in FORMATS:
+        path = fmt.path(paths.export_dir)
+        if fmt.container == "tflite":
+            meta = read_tflite_metadata(path)
+        else:
+            meta = {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
+        assert meta["labels"] == info.classes == ["bars", "diagonal", "stripes"]
+        assert meta["input_shape"] == [1, 16, 16, 1]
+        assert meta["normalization"]["std"] == 1.0
+        assert meta["format"] == fmt.name
+
+
+def test_int8_tflite_has_int8_input_and_output(project):
+    from ai_edge_litert.interpreter import Interpreter
+
+    _, paths, _ = project
+    interpreter = Interpreter(model_path=str(get_format("tflite_int8").path(paths.export_dir)))
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    assert list(interpreter.get_input_details()[0]["shape"]) == [1, 16, 16, 1]
+
+
+def test_validate_reports_every_cell_and_passes_the_gates(project):
+    _, paths, results = project
+    report = read_json(paths.metrics_file("validate"))
+    assert report == results["validate"]
+    assert [(c["format"], c["runtime"]) for c in report["cells"]] == [
+        (f.name, r) for f in FORMATS for r in f.runtimes
+    ]
+    assert all(c["loaded"] and 0 <= c["accuracy"] <= 1 for c in report["cells"])
+    assert report["gates"]["passed"], report["gates"]["failures"]
+    assert report["test_images"] == len(load_split(paths.prepared_dir, "test")[1])
+
+
+def test_exports_leave_no_temporary_files(project):
+    _, paths, _ = project
+    assert sorted(p.name for p in paths.export_dir.iterdir()) == sorted(f.filename for f in FORMATS)
+
+
+def test_gates_fail_on_drop_disagreement_and_load_errors():
+    gates = GatesConfig(max_accuracy_drop=0.02, min_agreement=0.95)
+    cells = [
+        {"format": "a", "runtime": "litert", "loaded": True, "accuracy": 0.95, "agreement": 0.99},
+        {"format": "b", "runtime": "onnxruntime", "loaded": True, "accuracy": 0.90, "agreement": 0.99},
+        {"format": "c", "runtime": "opencv_dnn", "loaded": True, "accuracy": 0.96, "agreement": 0.61},
+        {"format": "d", "runtime": "opencv_dnn", "loaded": False, "error": "cv2.error: cannot load"},
+    ]
+    failures = gate_failures(gates, float_accuracy=0.96, cells=cells)
+    assert failures == [
+        "b on onnxruntime: accuracy drop 0.0600 > gates.max_accuracy_drop 0.02",
+        "c on opencv_dnn: agreement 0.6100 < gates.min_agreement 0.95",
+        "d on opencv_dnn: could not run (cv2.error: cannot load)",
+    ]

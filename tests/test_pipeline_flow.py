@@ -1,0 +1,175 @@
+"""The real Prefect flow end to end in a temporary git + DVC repository, with a temporary MLflow SQLite
+store and a temporary local DVC remote: registration tags, clean `dvc status`, an unchanged re-run that
+skips the heavy steps, and a fresh clone that `dvc pull`s byte-identical artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+
+from components import versioning
+from components.dataset import load_split
+from components.formats import FORMATS, RELEASE_FORMAT, get_format
+from components.paths import ProjectPaths
+from conftest import DVC, GIT, make_project_repo, run
+from flows.pipeline import pipeline
+
+pytestmark = pytest.mark.slow
+
+HEAVY_STEPS = ("train", "prune", "qat", "export_tflite", "export_onnx", "validate")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, prefect_api):
+    base = tmp_path_factory.mktemp("e2e")
+    root = make_project_repo(base / "project", base / "remote")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        state = pipeline(params_path="params.yaml", project_dir=str(root), return_state=True)
+        result = state.result()
+    return {
+        "root": root,
+        "base": base,
+        "uri": uri,
+        "result": result,
+        "flow_run_id": state.state_details.flow_run_id,
+    }
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_int8_model_version_is_registered_with_its_provenance(first_run):
+    root, result = first_run["root"], first_run["result"]
+    registration = result["registration"]
+    assert registration.version == "1" and registration.model_name == "tiny-patterns"
+    version = MlflowClient(first_run["uri"]).get_model_version("tiny-patterns", "1")
+    release = get_format(RELEASE_FORMAT).path(ProjectPaths(root).export_dir)
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    locked = {o["path"]: o["md5"] for s in lock["stages"].values() for o in s.get("outs", [])}
+    assert version.tags["sha256"] == sha256(release)
+    assert version.tags["dvc_md5"] == locked["models/export/model_int8.tflite"]
+    assert version.tags["dvc_md5"] == hashlib.md5(release.read_bytes()).hexdigest()
+    assert version.tags["prefect_flow_run_id"] == str(first_run["flow_run_id"])
+    assert len(version.tags["params_hash"]) == 16
+    head = run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    assert version.tags["git_commit"].startswith(head)
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(first_run):
+    client = MlflowClient(first_run["uri"])
+    mlflow_run = client.get_run(first_run["result"]["registration"].run_id)
+    assert mlflow_run.data.params["prune.target_sparsity"] == "0.5"
+    assert mlflow_run.data.params["data.image.height"] == "16"
+    metrics = mlflow_run.data.metrics
+    for fmt in FORMATS:
+        assert (
+            metrics[f"{fmt.name}.bytes"]
+            == fmt.path(ProjectPaths(first_run["root"]).export_dir).stat().st_size
+        )
+        for runtime in fmt.runtimes:
+            assert 0.0 <= metrics[f"{fmt.name}.{runtime}.accuracy"] <= 1.0
+            assert 0.0 <= metrics[f"{fmt.name}.{runtime}.agreement"] <= 1.0
+    assert metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert metrics["gates_passed"] == 1.0
+    logged = {
+        a.path
+        for folder in ("export", "reports", "metrics")
+        for a in client.list_artifacts(mlflow_run.info.run_id, folder)
+    }
+    assert {
+        "export/model_int8.tflite",
+        "export/model_float32.onnx",
+        "reports/results.md",
+        "metrics/validate.json",
+    } <= logged
+
+
+def test_registered_pyfunc_serves_the_tflite_with_litert(first_run):
+    root = first_run["root"]
+    x, _ = load_split(ProjectPaths(root).prepared_dir, "test")
+    mlflow.set_tracking_uri(first_run["uri"])
+    model = mlflow.pyfunc.load_model("models:/tiny-patterns/1")
+    probabilities = model.predict(x[:5])
+    assert probabilities.shape == (5, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert [i.name for i in model.metadata.get_input_schema().inputs] == [None] or model.metadata.signature
+
+
+def test_results_table_is_a_prefect_artifact(first_run):
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["edgepipe-results"]))
+        )
+    table = [a for a in artifacts if a.flow_run_id == first_run["flow_run_id"]][0].data
+    for fmt in FORMATS:
+        assert fmt.filename in table
+    assert table == (first_run["root"] / "reports" / "results.md").read_text()
+
+
+def test_dvc_status_is_clean_and_repro_skips_every_stage(first_run):
+    root = first_run["root"]
+    assert versioning.pipeline_status(root) == {}
+    repro = run([*DVC, "repro"], root).stdout
+    for stage in ("prepare", *HEAVY_STEPS):
+        assert f"Stage '{stage}' didn't change, skipping" in repro
+    assert "Running stage" not in repro
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", *HEAVY_STEPS}
+
+
+def test_unchanged_rerun_skips_heavy_steps_and_registers_nothing_new(first_run):
+    root = first_run["root"]
+    outputs = [p for p in (root / "models").rglob("*") if p.is_file()]
+    before = {p: (p.stat().st_mtime_ns, sha256(p)) for p in outputs}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", first_run["uri"])
+        state = pipeline(params_path="params.yaml", project_dir=str(root), return_state=True)
+    result = state.result()
+    assert {p: (p.stat().st_mtime_ns, sha256(p)) for p in outputs} == before
+    states = task_states(state.state_details.flow_run_id)
+    assert all(states[step] in ("Cached", "Completed") for step in HEAVY_STEPS), states
+    assert result["registration"].version == "1"
+    client = MlflowClient(first_run["uri"])
+    assert [str(v.version) for v in client.search_model_versions("name = 'tiny-patterns'")] == ["1"]
+    assert versioning.pipeline_status(root) == {}
+
+
+def test_clone_and_dvc_pull_return_byte_identical_artifacts(first_run):
+    root, base = first_run["root"], first_run["base"]
+    run(["git", "add", "-A"], root)
+    run([*GIT, "commit", "-q", "-m", "release"], root)
+    clone = base / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], base)
+    assert not (clone / "models").exists()
+    run([*DVC, "pull", "-q", "models/export/model_int8.tflite", "models/export/model_float32.onnx"], clone)
+    for name in ("model_int8.tflite", "model_float32.onnx"):
+        assert (clone / "models/export" / name).read_bytes() == (root / "models/export" / name).read_bytes()
+    version = MlflowClient(first_run["uri"]).get_model_version("tiny-patterns", "1")
+    assert sha256(clone / "models/export/model_int8.tflite") == version.tags["sha256"]
+    run([*DVC, "pull", "-q"], clone)  # and everything else: data, models, prepared splits
+    assert run([*DVC, "status"], clone).stdout.strip().endswith("up to date.")
+    shutil.rmtree(clone)
