@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install run test lint repro mlflow-ui lock clean
+.PHONY: install run test lint repro mlflow-ui prefect-ui lock clean
 
 # The venv is rebuilt only when the lock file changes. uv installs the exact pinned set.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -24,7 +24,7 @@ run: install
 	edgepipe run
 
 test: install
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=10
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -35,6 +35,10 @@ repro: install
 
 mlflow-ui: install
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+# A Prefect server for the UI; run the pipeline with PREFECT_API_URL=http://127.0.0.1:4200/api to see it there.
+prefect-ui: install
+	prefect server start --host 127.0.0.1 --port 4200
 
 # Re-resolve requirements.lock from pyproject.toml (then commit both).
 lock: install
