@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import onnx
@@ -22,11 +23,34 @@ from components.model import load_model
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
+_GENERATED_SUFFIX = re.compile(r"__\d+(?=(:\d+)?$)")  # "conv/BiasAdd__7", "conv/BiasAdd__7:0"
 
 
 def to_onnx(model: tf.keras.Model, input_shape: tuple[int, ...], opset: int) -> onnx.ModelProto:
     signature = (tf.TensorSpec((1, *input_shape), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    return with_stable_names(proto)
+
+
+def with_stable_names(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Renumber the `name__N` suffixes tf2onnx takes from a process-wide counter, in graph order, so the
+    same model converts to the same bytes (and DVC md5) however many conversions the process made before."""
+    graph = proto.graph
+    names: dict[str, str] = {}
+
+    def stable(name: str) -> str:
+        if name not in names:
+            names[name] = _GENERATED_SUFFIX.sub(f"__{len(names) + 1}", name)
+        return names[name]
+
+    for value in (*graph.input, *graph.initializer):
+        value.name = stable(value.name)
+    for node in graph.node:
+        node.name = stable(node.name)
+        node.input[:] = [stable(n) for n in node.input]
+        node.output[:] = [stable(n) for n in node.output]
+    for value in (*graph.output, *graph.value_info):
+        value.name = stable(value.name)
     return proto
 
 

@@ -38,6 +38,11 @@ def ingest(params: Params, root: Path) -> str:
 
 @task(cache_key_fn=stage_cache_key, persist_result=True)
 def run_stage(stage_name: str, params: Params, root: Path) -> dict:
+    """Run one step and record it in dvc.lock at once (`dvc commit -f`, as `dvc repro` would write it).
+
+    Cached by Prefect on the step's inputs. A cache miss whose outputs dvc.lock already records for these
+    inputs (e.g. made by `dvc repro`, or with a fresh Prefect home) is not recomputed either.
+    """
     stage = get_stage(stage_name)
     paths = ProjectPaths(root)
     if versioning.stage_is_current(root, stage_name):
@@ -46,13 +51,6 @@ def run_stage(stage_name: str, params: Params, root: Path) -> dict:
     result = stage.run(params, paths)
     versioning.commit_stage(root, stage_name)
     return result
-
-
-@task(name="record-in-dvc-lock", retries=2, retry_delay_seconds=2)
-def record_stage(stage_name: str, root: Path) -> None:
-    """After a cache hit, make sure dvc.lock records the stage (e.g. dvc.lock was reverted by git)."""
-    if not versioning.stage_is_current(root, stage_name):
-        versioning.commit_stage(root, stage_name)
 
 
 @task(name="register", retries=2, retry_delay_seconds=10)
@@ -106,8 +104,10 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
     ingest(params, root)
     results = {}
     for stage in STAGES:
-        results[stage.name] = run_stage.with_options(name=stage.name)(stage.name, params, root)
-        record_stage(stage.name, root)
+        # A cached result only counts while the outputs on disk are still the ones dvc.lock records.
+        outputs_intact = versioning.stage_is_current(root, stage.name)
+        step = run_stage.with_options(name=stage.name, refresh_cache=not outputs_intact)
+        results[stage.name] = step(stage.name, params, root)
     report = results["validate"]
 
     table = to_markdown(report, sparsity=results["qat"]["sparsity"])
