@@ -54,6 +54,8 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(8, ge=1, le=1000)
+    # Stop when val accuracy has not improved for this many epochs; the best epoch's weights are kept.
+    patience: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
     learning_rate: float = Field(1e-3, gt=0, lt=1)
     seed: int = 0

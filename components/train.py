@@ -8,7 +8,7 @@ from pathlib import Path
 from components.atomic import write_json
 from components.config import ModelConfig, TrainConfig
 from components.dataset import load_split, read_dataset_info
-from components.model import build_model, compile_classifier, save_model, seed_everything
+from components.model import build_model, compile_classifier, keras, save_model, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,9 @@ def train(
     seed_everything(config.seed)
     model = build_model(model_config, info.input_shape, info.num_classes)
     compile_classifier(model, config.learning_rate)
+    keep_best = keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", patience=config.patience, restore_best_weights=True
+    )
     history = model.fit(
         x_train,
         y_train,
@@ -29,11 +32,15 @@ def train(
         epochs=config.epochs,
         batch_size=config.batch_size,
         shuffle=True,
+        callbacks=[keep_best],
         verbose=2,
     )
+    best = keep_best.best_epoch
     metrics = {
-        "val_accuracy": float(history.history["val_accuracy"][-1]),
-        "train_accuracy": float(history.history["accuracy"][-1]),
+        "val_accuracy": float(history.history["val_accuracy"][best]),
+        "train_accuracy": float(history.history["accuracy"][best]),
+        "best_epoch": best + 1,
+        "epochs_run": len(history.history["val_accuracy"]),
         "parameters": int(model.count_params()),
     }
     save_model(model, model_out)

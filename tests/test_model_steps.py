@@ -12,6 +12,7 @@ import pytest
 from components.atomic import read_json
 from components.config import GatesConfig, Params
 from components.dataset import load_split, read_dataset_info
+from components.export_onnx import to_onnx
 from components.export_tflite import read_tflite_metadata
 from components.formats import FORMATS, RELEASE_FORMAT, get_format
 from components.model import load_model, sparsity
@@ -59,6 +60,16 @@ def test_float_model_learns_the_tiny_task(project, test_split):
     accuracy = np.mean(load_model(paths.float_model).predict(x, verbose=0).argmax(1) == y)
     assert accuracy >= 0.8
     assert results["train"]["parameters"] > 0
+
+
+def test_train_keeps_the_best_epoch(project):
+    """The saved float model is the epoch with the best val accuracy, which train.json reports."""
+    _, paths, results = project
+    x_val, y_val = load_split(paths.prepared_dir, "val")
+    accuracy = np.mean(load_model(paths.float_model).predict(x_val, verbose=0).argmax(1) == y_val)
+    assert accuracy == pytest.approx(results["train"]["val_accuracy"], abs=1e-6)
+    train = results["train"]
+    assert 1 <= train["best_epoch"] <= train["epochs_run"] <= TINY_PARAMS["train"]["epochs"]
 
 
 def test_prune_reaches_target_sparsity(project):
@@ -112,6 +123,14 @@ def test_every_export_reloads_and_agrees_with_keras(project, test_split, format_
     else:
         assert diff <= INT8_MAX_REL_DIFF * scale
         assert np.mean(logits.argmax(1) == expected.argmax(1)) >= INT8_MIN_AGREEMENT
+
+
+def test_onnx_export_gives_the_same_bytes_every_time(project):
+    """tf2onnx numbers generated names from a process-wide counter; the export renumbers them."""
+    params, paths, _ = project
+    model = load_model(paths.pruned_model)
+    first, second = (to_onnx(model, (16, 16, 1), params.export.onnx_opset) for _ in range(2))
+    assert first.SerializeToString() == second.SerializeToString()
 
 
 def test_every_artifact_carries_labels_shape_and_normalisation(project):
