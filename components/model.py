@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,23 @@ def compile_classifier(model: keras.Model, learning_rate: float) -> None:
 def save_model(model: keras.Model, path: Path) -> None:
     with atomic_path(path) as tmp:
         model.save(tmp)
+        _drop_save_time(tmp)
+
+
+def _drop_save_time(keras_file: Path) -> None:
+    """Rewrite a .keras zip without its save time (metadata.json `date_saved`, zip entry dates), so the
+    same weights give the same bytes and a forced re-run does not change dvc.lock."""
+    with zipfile.ZipFile(keras_file) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(keras_file, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata).encode()
+            stable = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            stable.compress_type = info.compress_type
+            archive.writestr(stable, data)
 
 
 def load_model(path: Path) -> keras.Model:

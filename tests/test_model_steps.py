@@ -15,7 +15,7 @@ from components.dataset import load_split, read_dataset_info
 from components.export_onnx import to_onnx
 from components.export_tflite import read_tflite_metadata
 from components.formats import FORMATS, RELEASE_FORMAT, get_format
-from components.model import load_model, sparsity
+from components.model import load_model, save_model, sparsity
 from components.paths import ProjectPaths
 from components.qat import load_qat_model
 from components.runtimes import RUNTIMES
@@ -70,6 +70,17 @@ def test_train_keeps_the_best_epoch(project):
     assert accuracy == pytest.approx(results["train"]["val_accuracy"], abs=1e-6)
     train = results["train"]
     assert 1 <= train["best_epoch"] <= train["epochs_run"] <= TINY_PARAMS["train"]["epochs"]
+
+
+def test_saving_the_same_model_twice_gives_the_same_bytes(project, tmp_path):
+    _, paths, _ = project
+    model = load_model(paths.float_model)
+    save_model(model, tmp_path / "a.keras")
+    save_model(model, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    reloaded = load_model(tmp_path / "a.keras")
+    x, _ = load_split(paths.prepared_dir, "test")
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
 def test_prune_reaches_target_sparsity(project):
