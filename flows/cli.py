@@ -75,7 +75,9 @@ def print_results(result: dict) -> None:
     console.print(
         f"  mlflow ui --backend-store-uri {registration.tracking_uri}   (run {registration.run_id})"
     )
-    console.print("  prefect server start   (then run again to see flow runs in the Prefect UI)")
+    console.print(
+        "  prefect server start   (then run with PREFECT_API_URL=http://127.0.0.1:4200/api to see it there)"
+    )
     console.print("  dvc status; dvc pull models/export/model_int8.tflite   (in another clone)")
 
 
