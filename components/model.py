@@ -47,11 +47,31 @@ def build_model(config: ModelConfig, input_shape: tuple[int, int, int], num_clas
     return keras.Model(inputs, outputs, name=config.name)
 
 
-def compile_classifier(model: keras.Model, learning_rate: float) -> None:
+def fit_classifier(
+    model: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    learning_rate: float,
+    epochs: int,
+    batch_size: int,
+    callbacks: tuple[keras.callbacks.Callback, ...] = (),
+) -> keras.callbacks.History:
+    """Compile (Adam, cross-entropy on logits) and fit on (images, labels), validating every epoch.
+
+    The one training loop that train, prune and QAT share."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+    )
+    return model.fit(
+        *train,
+        validation_data=val,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        callbacks=list(callbacks),
+        verbose=2,
     )
 
 

@@ -11,7 +11,7 @@ import tensorflow_model_optimization as tfmot
 from components.atomic import write_json
 from components.config import PruneConfig
 from components.dataset import load_split
-from components.model import compile_classifier, load_model, save_model, seed_everything, sparsity
+from components.model import fit_classifier, load_model, save_model, seed_everything, sparsity
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +37,20 @@ def pruning_schedule(config: PruneConfig, steps_per_epoch: int) -> tfmot.sparsit
 def prune(
     config: PruneConfig, prepared_dir: Path, float_model: Path, model_out: Path, metrics_out: Path
 ) -> dict:
-    x_train, y_train = load_split(prepared_dir, "train")
-    x_val, y_val = load_split(prepared_dir, "val")
+    train = load_split(prepared_dir, "train")
     seed_everything(0)
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    steps_per_epoch = math.ceil(len(train[1]) / config.batch_size)
     model = tfmot.sparsity.keras.prune_low_magnitude(
         load_model(float_model), pruning_schedule=pruning_schedule(config, steps_per_epoch)
     )
-    compile_classifier(model, config.learning_rate)
-    history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
-        verbose=2,
+    history = fit_classifier(
+        model,
+        train,
+        load_split(prepared_dir, "val"),
+        config.learning_rate,
+        config.epochs,
+        config.batch_size,
+        callbacks=(tfmot.sparsity.keras.UpdatePruningStep(),),
     )
     stripped = tfmot.sparsity.keras.strip_pruning(model)
     metrics = {

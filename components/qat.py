@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from components.atomic import atomic_path, write_json
 from components.config import QatConfig
 from components.dataset import load_split
-from components.model import compile_classifier, load_model, seed_everything, sparsity
+from components.model import fit_classifier, load_model, seed_everything, sparsity
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +39,16 @@ def load_qat_model(pruned_model: Path, qat_weights: Path) -> object:
 def qat(
     config: QatConfig, prepared_dir: Path, pruned_model: Path, weights_out: Path, metrics_out: Path
 ) -> dict:
-    x_train, y_train = load_split(prepared_dir, "train")
-    x_val, y_val = load_split(prepared_dir, "val")
     seed_everything(0)
     pruned = load_model(pruned_model)
     model = quantization_aware(pruned)
-    compile_classifier(model, config.learning_rate)
-    history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        verbose=2,
+    history = fit_classifier(
+        model,
+        load_split(prepared_dir, "train"),
+        load_split(prepared_dir, "val"),
+        config.learning_rate,
+        config.epochs,
+        config.batch_size,
     )
     metrics = {
         "sparsity_before": sparsity(pruned),

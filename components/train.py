@@ -8,7 +8,7 @@ from pathlib import Path
 from components.atomic import write_json
 from components.config import ModelConfig, TrainConfig
 from components.dataset import load_split, read_dataset_info
-from components.model import build_model, compile_classifier, keras, save_model, seed_everything
+from components.model import build_model, fit_classifier, keras, save_model, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -17,23 +17,19 @@ def train(
     model_config: ModelConfig, config: TrainConfig, prepared_dir: Path, model_out: Path, metrics_out: Path
 ) -> dict:
     info = read_dataset_info(prepared_dir)
-    x_train, y_train = load_split(prepared_dir, "train")
-    x_val, y_val = load_split(prepared_dir, "val")
     seed_everything(config.seed)
     model = build_model(model_config, info.input_shape, info.num_classes)
-    compile_classifier(model, config.learning_rate)
     keep_best = keras.callbacks.EarlyStopping(
         monitor="val_accuracy", patience=config.patience, restore_best_weights=True
     )
-    history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        shuffle=True,
-        callbacks=[keep_best],
-        verbose=2,
+    history = fit_classifier(
+        model,
+        load_split(prepared_dir, "train"),
+        load_split(prepared_dir, "val"),
+        config.learning_rate,
+        config.epochs,
+        config.batch_size,
+        callbacks=(keep_best,),
     )
     best = keep_best.best_epoch
     metrics = {
