@@ -113,6 +113,10 @@ def sparsity(model: keras.Model) -> float:
 
 
 def seed_everything(seed: int) -> None:
+    """Make the next build/fit reproducible. Clearing the Keras session first matters: its global state
+    (seed generators, name counters) otherwise makes a step that runs second in a process (a long-lived
+    Prefect worker, the test suite) train different weights than the same step in a fresh process."""
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     with contextlib.suppress(RuntimeError):  # already enabled in this process
         tf.config.experimental.enable_op_determinism()

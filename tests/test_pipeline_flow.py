@@ -5,7 +5,10 @@ skips the heavy steps, and a fresh clone that `dvc pull`s byte-identical artifac
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -170,9 +173,24 @@ def test_a_deleted_output_is_rebuilt_and_recorded_instead_of_served_from_cache(f
     states = task_states(state.state_details.flow_run_id)
     assert states["export_onnx"] == "Completed", states  # ran again although its inputs are unchanged
     assert all(states[step] == "Cached" for step in ("prepare", "train", "prune", "qat", "export_tflite"))
-    assert sha256(onnx_file) == expected  # tf2onnx is deterministic: the same bytes come back
+    assert sha256(onnx_file) == expected  # the export is reproducible: the same bytes come back
     assert versioning.pipeline_status(root) == {}
     assert state.result()["registration"].version == "1"
+
+
+def test_dvc_repro_runs_a_stage_through_the_cli_and_reproduces_its_bytes(first_run):
+    """`dvc repro` (no Prefect) runs `edgepipe stage train` in a new process; seeded, deterministic
+    training gives the same float model, so dvc.lock does not change."""
+    root = first_run["root"]
+    lock_before = (root / "dvc.lock").read_text()
+    model = ProjectPaths(root).float_model
+    before = sha256(model)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    output = run([*DVC, "repro", "--force", "--single-item", "train"], root, env=env).stdout
+    assert "Running stage 'train'" in output
+    assert sha256(model) == before
+    assert (root / "dvc.lock").read_text() == lock_before
+    assert versioning.pipeline_status(root) == {}
 
 
 def test_clone_and_dvc_pull_return_byte_identical_artifacts(first_run):
