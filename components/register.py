@@ -10,6 +10,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch  # patch.dict: set env vars for one call, restore after
 
 import cloudpickle
 import mlflow
@@ -44,10 +45,16 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+# MLflow's HTTP client retries a refused connection 7 times with backoff (about 4 minutes). The probe tries
+# once with a short timeout; the Prefect task's retries are the retry policy.
+_PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
 def check_reachable(uri: str) -> None:
     """Fail early and clearly when the tracking server is down (Prefect retries the task)."""
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with patch.dict(os.environ, _PROBE_ENV):
+            MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         raise EdgepipeError(
             f"MLflow tracking store {uri} is not reachable ({type(exc).__name__}). Start the server "
