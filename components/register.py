@@ -38,6 +38,7 @@ class Registration:
     experiment_id: str
     model_name: str | None
     version: str | None
+    new_version: bool  # False when an existing version already held the same bytes
     tracking_uri: str
 
 
@@ -145,6 +146,7 @@ def register(
         )
 
         version = None
+        new_version = False
         if report["gates"]["passed"] and config.register_model:
             version = existing_version(uri, params.model.name, version_tags["sha256"])
             if version:
@@ -161,6 +163,7 @@ def register(
                 except MlflowException as exc:
                     raise EdgepipeError(f"MLflow could not register {params.model.name}: {exc}") from None
                 version = str(registered.version)
+                new_version = True
                 log.info("registered %s version %s", params.model.name, version)
             mlflow.set_tag("registered_version", version)
         else:
@@ -170,5 +173,6 @@ def register(
             experiment_id=run.info.experiment_id,
             model_name=params.model.name if version else None,
             version=version,
+            new_version=new_version,
             tracking_uri=uri,
         )

@@ -68,9 +68,19 @@ def print_results(result: dict) -> None:
     console.print(table)
     registration = result["registration"]
     console.print(f"Release gates: {'passed' if report['gates']['passed'] else 'FAILED'}")
-    if registration.version:
-        console.print(f"Registered MLflow model {registration.model_name} version {registration.version}")
-    console.print(f"DVC: pushed {result['pushed']} file(s) to the default remote")
+    model = f"MLflow model {registration.model_name} version {registration.version}"
+    if registration.new_version:
+        console.print(f"Registered {model}")
+    elif registration.version:
+        console.print(f"{model} already holds these bytes; nothing new registered")
+    else:
+        console.print("Not registered in MLflow (mlflow.register_model is false in params.yaml)")
+    if result["pushed"] is None:
+        console.print("DVC: not pushed (--no-push); `dvc push` sends the outputs to the remote")
+    elif result["pushed"]:
+        console.print(f"DVC: pushed {result['pushed']} file(s) to the default remote")
+    else:
+        console.print("DVC: the default remote already holds every output")
     console.print("Look further:")
     console.print(
         f"  mlflow ui --backend-store-uri {registration.tracking_uri}   (run {registration.run_id})"

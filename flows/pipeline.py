@@ -122,5 +122,5 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
             + "\n  ".join(report["gates"]["failures"])
             + f"\nSee {paths.results_table} and MLflow run {registration.run_id}."
         )
-    pushed = push_task(root) if push else 0
+    pushed = push_task(root) if push else None  # None: not asked to push
     return {"report": report, "registration": registration, "pushed": pushed, "table": table}

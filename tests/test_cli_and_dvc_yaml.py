@@ -6,13 +6,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from components.formats import FORMATS
 from components.paths import ProjectPaths
+from components.register import Registration
 from components.stages import STAGES, dvc_yaml
 from conftest import PROJECT_ROOT, write_params
-from flows.cli import render_dvc_yaml
+from flows.cli import print_results, render_dvc_yaml
 
 CLI = [sys.executable, "-m", "flows.cli"]
 
@@ -60,3 +62,36 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
     result = edgepipe("stage", "compile", cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown stage 'compile'; see dvc.yaml for the stage names" in result.stderr
+
+
+def results(version: str | None, new_version: bool, pushed: int | None) -> dict:
+    cell = {"format": "tflite_int8", "container": "tflite", "precision": "int8", "runtime": "litert"}
+    cell |= {"file": "model_int8.tflite", "bytes": 31992, "loaded": True, "accuracy": 0.9667}
+    cell |= {"agreement": 0.9407}
+    report = {"float_accuracy": 0.9704, "test_images": 270, "cells": [cell]}
+    report["gates"] = {"passed": True, "failures": []}
+    registration = Registration(
+        "run-id", "1", "digits" if version else None, version, new_version, "sqlite://"
+    )
+    return {"report": report, "registration": registration, "pushed": pushed}
+
+
+@pytest.mark.parametrize(
+    ("version", "new_version", "pushed", "expected"),
+    [
+        ("3", True, 12, ["Registered MLflow model digits version 3", "DVC: pushed 12 file(s)"]),
+        ("3", False, 0, ["digits version 3 already holds these bytes", "remote already holds every output"]),
+        (
+            None,
+            False,
+            None,
+            ["Not registered in MLflow (mlflow.register_model is false", "not pushed (--no-push)"],
+        ),
+    ],
+)
+def test_results_summary_says_what_happened_in_mlflow_and_dvc(capsys, version, new_version, pushed, expected):
+    print_results(results(version, new_version, pushed))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "model_int8.tflite" in out and "0.9667" in out and "0.9407" in out
+    for line in expected:
+        assert line in out

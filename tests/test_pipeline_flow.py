@@ -68,6 +68,7 @@ def test_int8_model_version_is_registered_with_its_provenance(first_run):
     root, result = first_run["root"], first_run["result"]
     registration = result["registration"]
     assert registration.version == "1" and registration.model_name == "tiny-patterns"
+    assert registration.new_version
     version = MlflowClient(first_run["uri"]).get_model_version("tiny-patterns", "1")
     release = get_format(RELEASE_FORMAT).path(ProjectPaths(root).export_dir)
     lock = yaml.safe_load((root / "dvc.lock").read_text())
@@ -155,7 +156,7 @@ def test_unchanged_rerun_skips_heavy_steps_and_registers_nothing_new(first_run):
     assert {p: (p.stat().st_mtime_ns, sha256(p)) for p in outputs} == before
     states = task_states(state.state_details.flow_run_id)
     assert all(states[step] == "Cached" for step in ("prepare", *HEAVY_STEPS)), states
-    assert result["registration"].version == "1"
+    assert result["registration"].version == "1" and not result["registration"].new_version
     client = MlflowClient(first_run["uri"])
     assert [str(v.version) for v in client.search_model_versions("name = 'tiny-patterns'")] == ["1"]
     assert versioning.pipeline_status(root) == {}
