@@ -37,15 +37,16 @@ def ingest(params: Params, root: Path) -> str:
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True)
-def run_stage(stage_name: str, params: Params, root: Path) -> dict:
+def run_stage(stage_name: str, params: Params, root: Path, outputs_intact: bool) -> dict:
     """Run one step and record it in dvc.lock at once (`dvc commit -f`, as `dvc repro` would write it).
 
-    Cached by Prefect on the step's inputs. A cache miss whose outputs dvc.lock already records for these
-    inputs (e.g. made by `dvc repro`, or with a fresh Prefect home) is not recomputed either.
+    Cached by Prefect on the step's inputs (not on `outputs_intact`, see flows.caching). A cache miss whose
+    outputs dvc.lock already records for these inputs (e.g. made by `dvc repro`, or with a fresh Prefect
+    home) is not recomputed either.
     """
     stage = get_stage(stage_name)
     paths = ProjectPaths(root)
-    if versioning.stage_is_current(root, stage_name):
+    if outputs_intact:
         get_run_logger().info("%s: dvc.lock already records these inputs and outputs; not re-run", stage_name)
         return read_json(stage.metrics(paths))
     result = stage.run(params, paths)
@@ -107,7 +108,7 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
         # A cached result only counts while the outputs on disk are still the ones dvc.lock records.
         outputs_intact = versioning.stage_is_current(root, stage.name)
         step = run_stage.with_options(name=stage.name, refresh_cache=not outputs_intact)
-        results[stage.name] = step(stage.name, params, root)
+        results[stage.name] = step(stage.name, params, root, outputs_intact)
     report = results["validate"]
 
     table = to_markdown(report, sparsity=results["qat"]["sparsity"])
