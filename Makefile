@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install run test lint repro mlflow-ui prefect-ui lock clean
+.PHONY: install run test lint repro bench mlflow-ui prefect-ui lock clean
 
 # The venv is rebuilt only when the lock file changes. uv installs the exact pinned set.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -32,6 +32,10 @@ lint: install
 # DVC alone, without Prefect: make sure the data is tracked, then reproduce every stage.
 repro: install
 	edgepipe ingest && dvc repro
+
+# Latency, memory and size of every exported artifact in every runtime (after `make run`); see bench/README.md.
+bench: install
+	$(PY) bench/benchmark.py
 
 mlflow-ui: install
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
