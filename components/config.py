@@ -9,10 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from components.errors import EdgepipeError
 
@@ -80,11 +88,83 @@ class ExportConfig(_Section):
     representative_samples: int = Field(200, ge=1, le=100_000)
 
 
-class GatesConfig(_Section):
-    """Release gates checked by `validate`: a failing one blocks registration and the DVC push."""
+Threshold = Annotated[float, Field(ge=0, le=1)]
 
-    max_accuracy_drop: float = Field(0.05, ge=0, le=1, description="vs the float Keras model")
-    min_agreement: float = Field(0.9, ge=0, le=1, description="top-1 agreement with the float Keras model")
+
+class GatesConfig(_Section):
+    """Release gates checked by `validate`: a failing one blocks registration and the DVC push.
+
+    Per-format and per-runtime maps take a "default" entry for the rest; a bare number means
+    {"default": number}. Size gates are absent (no limit) unless set.
+    """
+
+    max_accuracy_drop: dict[str, Threshold] = {"default": 0.05}  # per format, vs the float Keras model
+    min_agreement: dict[str, Threshold] = {"default": 0.9}  # per runtime, top-1 agreement with float Keras
+    # per precision: largest logit difference from the Keras model the file was made from, as a fraction of
+    # that model's logit range. Catches a runtime that computes a different function (wrong padding, ...).
+    max_logit_error: dict[Literal["float32", "float16", "int8"], Threshold] = {
+        "float32": 0.001,
+        "float16": 0.02,
+        "int8": 0.25,
+    }
+    max_bytes: dict[str, Annotated[int, Field(ge=1)]] = {}  # per format, file size
+    max_arena_bytes: int | None = Field(None, ge=1, description="TFLite-Micro tensor arena, int8 .tflite")
+
+    @field_validator("max_accuracy_drop", "min_agreement", mode="before")
+    @classmethod
+    def _number_is_default(cls, value: object) -> object:
+        return {"default": value} if isinstance(value, int | float) else value
+
+    @field_validator("max_accuracy_drop", "min_agreement")
+    @classmethod
+    def _has_default(cls, value: dict, info: ValidationInfo) -> dict:
+        if "default" not in value:
+            raise ValueError(f"{info.field_name} needs a 'default' entry (the bar for every other key)")
+        return value
+
+    @field_validator("max_accuracy_drop", "max_bytes")
+    @classmethod
+    def _known_formats(cls, value: dict, info: ValidationInfo) -> dict:
+        from components.formats import FORMATS
+
+        return _known_keys(value, info.field_name, [fmt.name for fmt in FORMATS])
+
+    @field_validator("min_agreement")
+    @classmethod
+    def _known_runtimes(cls, value: dict, info: ValidationInfo) -> dict:
+        from components.formats import FORMATS, RUNTIME_NAMES
+
+        targets = {target.name for fmt in FORMATS for target in fmt.runtimes}
+        return _known_keys(value, info.field_name, [*RUNTIME_NAMES, *sorted(targets - set(RUNTIME_NAMES))])
+
+    def accuracy_drop_for(self, format_name: str) -> float:
+        return self.max_accuracy_drop.get(format_name, self.max_accuracy_drop["default"])
+
+    def bytes_for(self, format_name: str) -> int | None:
+        return self.max_bytes.get(format_name, self.max_bytes.get("default"))
+
+    def agreement_for(self, target_name: str) -> float:
+        """The most specific entry: "opencv_dnn:classic", then "opencv_dnn", then "default"."""
+        for key in (target_name, target_name.split(":")[0]):
+            if key in self.min_agreement:
+                return self.min_agreement[key]
+        return self.min_agreement["default"]
+
+
+def _known_keys(value: dict, field: str, known: list[str]) -> dict:
+    unknown = sorted(set(value) - {"default", *known})
+    if unknown:
+        raise ValueError(f"unknown {field} key(s) {unknown}; use one of: default, {', '.join(known)}")
+    return value
+
+
+class BenchmarkConfig(_Section):
+    """bench/benchmark.py: batch-1 latency of every artifact in every runtime that must run it."""
+
+    threads: int = Field(2, ge=1, le=256)
+    warmup: int = Field(20, ge=0, le=10_000, description="untimed runs per artifact and runtime")
+    rounds: int = Field(10, ge=1, le=10_000, description="interleaved rounds over all cells")
+    runs_per_round: int = Field(20, ge=1, le=10_000)
 
 
 class MlflowConfig(_Section):
@@ -105,6 +185,7 @@ class Params(_Section):
     export: ExportConfig = ExportConfig()
     gates: GatesConfig = GatesConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> Params:

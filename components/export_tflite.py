@@ -1,4 +1,5 @@
-"""export_tflite: float32 and float16 from the pruned model, full-int8 from the QAT model.
+"""export_tflite: every TFLite row of the format registry: float32 and float16 from the pruned model,
+full-int8 PTQ from the unpruned float model (the baseline), full-int8 from the pruning-preserving QAT model.
 
 Labels, input shape and normalisation are embedded in each file as TFLite metadata named "edgepipe"
 (read them back with `read_tflite_metadata`).
@@ -71,11 +72,20 @@ def representative_samples(prepared_dir: Path, count: int) -> np.ndarray:
 
 
 def export_tflite(
-    config: ExportConfig, prepared_dir: Path, pruned_model: Path, qat_weights: Path, export_dir: Path
+    config: ExportConfig,
+    prepared_dir: Path,
+    float_model: Path,
+    pruned_model: Path,
+    qat_weights: Path,
+    export_dir: Path,
 ) -> dict[str, int]:
     """Write every TFLite format of the registry; returns {format name: file bytes}."""
     info = read_dataset_info(prepared_dir)
-    sources = {"pruned": load_model(pruned_model), "qat": load_qat_model(pruned_model, qat_weights)}
+    sources = {
+        "float": load_model(float_model),
+        "pruned": load_model(pruned_model),
+        "qat": load_qat_model(pruned_model, qat_weights),
+    }
     representative = representative_samples(prepared_dir, config.representative_samples)
     sizes = {}
     for fmt in by_container("tflite"):

@@ -1,10 +1,31 @@
-"""The one registry of export formats. It drives export, validation, the results table and the docs."""
+"""The one registry of export formats. Each row says what the file is made from and how, and every
+runtime that must run it (and how it is fed). It drives export, validation, the gates, the results
+table, the benchmark and the docs (`edgepipe formats`).
+
+A runtime target with `required=False` is one the file is known not to work in (measured, see the
+note): it is still tried and its error or disagreement is reported, but it does not block a release.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+Runtime = Literal["litert", "onnxruntime", "opencv_dnn", "tflm"]
+
+
+@dataclass(frozen=True)
+class RuntimeTarget:
+    runtime: Runtime
+    engine: Literal["classic", "new"] | None = None  # OpenCV 5 DNN engine
+    layout: Literal["NHWC", "NCHW"] = "NHWC"  # how the image is fed (OpenCV's TFLite importer wants NCHW)
+    required: bool = True
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.runtime}:{self.engine}" if self.engine else self.runtime
 
 
 @dataclass(frozen=True)
@@ -13,12 +34,31 @@ class ExportFormat:
     filename: str
     container: Literal["tflite", "onnx"]
     precision: Literal["float32", "float16", "int8"]
-    source: Literal["pruned", "qat"]  # which Keras model it is converted from
-    runtimes: tuple[str, ...]  # every runtime that must load and agree (components.runtimes)
+    source: Literal["float", "pruned", "qat"]  # which Keras model it is made from
+    converter: dict = field(hash=False)  # converter options (components.export_tflite / export_onnx)
+    runtimes: tuple[RuntimeTarget, ...]
     description: str
 
     def path(self, export_dir: Path) -> Path:
         return Path(export_dir) / self.filename
+
+
+_OPENCV_INT8_TFLITE = (
+    "OpenCV's TFLite importer has no int8 kernels for this graph "
+    "(RELU lookup table, ReduceInt8, GemmInt8); use the int8 ONNX with OpenCV"
+)
+_OPENCV_NEW_INT8 = "OpenCV 5.0's new engine fails on or silently mis-computes int8 ONNX; use ENGINE_CLASSIC"
+_OPENCV_NEW_TFLITE = (
+    "OpenCV 5.0's new engine imports small CNNs but fails on MobileNetV2 .tflite "
+    "(DNN/Gemm: invalid dimensions); use ENGINE_CLASSIC or the ONNX file"
+)
+
+
+def _opencv(layout: str = "NHWC", required: bool = True, note: str = "", new_note: str = ""):
+    return (
+        RuntimeTarget("opencv_dnn", "classic", layout, required, note),
+        RuntimeTarget("opencv_dnn", "new", layout, required and not new_note, new_note or note),
+    )
 
 
 FORMATS: tuple[ExportFormat, ...] = (
@@ -28,7 +68,8 @@ FORMATS: tuple[ExportFormat, ...] = (
         "tflite",
         "float32",
         "pruned",
-        ("litert",),
+        {},
+        (RuntimeTarget("litert"), *_opencv(layout="NCHW", new_note=_OPENCV_NEW_TFLITE)),
         "float reference for phones and embedded Linux",
     ),
     ExportFormat(
@@ -37,8 +78,23 @@ FORMATS: tuple[ExportFormat, ...] = (
         "tflite",
         "float16",
         "pruned",
-        ("litert",),
+        {"optimizations": "DEFAULT", "supported_types": "float16"},
+        (RuntimeTarget("litert"), *_opencv(layout="NCHW", new_note=_OPENCV_NEW_TFLITE)),
         "float16 weights (half the size), float compute; for GPU delegates",
+    ),
+    ExportFormat(
+        "tflite_int8_ptq",
+        "model_int8_ptq.tflite",
+        "tflite",
+        "int8",
+        "float",
+        {"optimizations": "DEFAULT", "representative_dataset": "train split", "io": "int8"},
+        (
+            RuntimeTarget("litert"),
+            RuntimeTarget("tflm"),
+            *_opencv(layout="NCHW", required=False, note=_OPENCV_INT8_TFLITE),
+        ),
+        "full-int8 post-training quantisation of the unpruned float model: the no-pruning, no-QAT baseline",
     ),
     ExportFormat(
         "tflite_int8",
@@ -46,8 +102,13 @@ FORMATS: tuple[ExportFormat, ...] = (
         "tflite",
         "int8",
         "qat",
-        ("litert",),
-        "full-integer from the pruning-preserving QAT model, int8 input/output; microcontrollers, NPUs",
+        {"optimizations": "DEFAULT", "representative_dataset": "train split", "io": "int8"},
+        (
+            RuntimeTarget("litert"),
+            RuntimeTarget("tflm"),
+            *_opencv(layout="NCHW", required=False, note=_OPENCV_INT8_TFLITE),
+        ),
+        "full-int8 from the pruning-preserving QAT model, int8 input/output; microcontrollers, NPUs",
     ),
     ExportFormat(
         "onnx_float32",
@@ -55,13 +116,33 @@ FORMATS: tuple[ExportFormat, ...] = (
         "onnx",
         "float32",
         "pruned",
-        ("onnxruntime", "opencv_dnn"),
-        "ONNX (tf2onnx, static NHWC input) for OpenCV dnn and onnxruntime",
+        {"converter": "tf2onnx", "input": "static NHWC, batch 1"},
+        (RuntimeTarget("onnxruntime"), *_opencv()),
+        "ONNX for OpenCV dnn and onnxruntime",
+    ),
+    ExportFormat(
+        "onnx_int8",
+        "model_int8.onnx",
+        "onnx",
+        "int8",
+        "pruned",
+        {
+            "converter": "onnxruntime quantize_static after quant_pre_process",
+            "quant_format": "QDQ",
+            "activation_type": "QUInt8",
+            "weight_type": "QInt8",
+            "per_channel": True,
+            "calibration": "train split",
+        },
+        (RuntimeTarget("onnxruntime"), *_opencv(new_note=_OPENCV_NEW_INT8)),
+        "int8 ONNX (QDQ, U8S8) from the float ONNX: onnxruntime on x86/ARM, OpenCV dnn (classic engine)",
     ),
 )
 
-# The artifact registered as an MLflow model version when the gates pass.
+# The artifact registered as an MLflow model version when the gates pass, and packaged for microcontrollers.
 RELEASE_FORMAT = "tflite_int8"
+
+RUNTIME_NAMES: tuple[str, ...] = ("litert", "onnxruntime", "opencv_dnn", "tflm")
 
 
 def by_container(container: str) -> tuple[ExportFormat, ...]:
@@ -73,3 +154,25 @@ def get_format(name: str) -> ExportFormat:
         if fmt.name == name:
             return fmt
     raise KeyError(name)
+
+
+def registry_markdown() -> str:
+    """The registry as the Markdown table the README shows (a test checks the README holds it)."""
+    rows = [
+        "| format | file | precision | made from | must run in | tried, known not to work |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fmt in FORMATS:
+        required = ", ".join(_target_doc(t) for t in fmt.runtimes if t.required)
+        tried = ", ".join(t.name for t in fmt.runtimes if not t.required) or "-"
+        source = {"float": "float model", "pruned": "pruned model", "qat": "pruned QAT model"}[fmt.source]
+        if fmt.name == "onnx_int8":
+            source = "float ONNX (of the pruned model)"
+        rows.append(
+            f"| `{fmt.name}` | `{fmt.filename}` | {fmt.precision} | {source} | {required} | {tried} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _target_doc(target: RuntimeTarget) -> str:
+    return f"{target.name} ({target.layout})" if target.layout != "NHWC" else target.name

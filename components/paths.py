@@ -61,8 +61,25 @@ class ProjectPaths:
         return self.root / "reports"
 
     @property
-    def results_table(self) -> Path:
-        return self.reports_dir / "results.md"
+    def report_file(self) -> Path:
+        return self.reports_dir / "report.md"
+
+    @property
+    def validation_file(self) -> Path:
+        return self.metrics_dir / "validation.json"
+
+    @property
+    def train_history(self) -> Path:
+        return self.metrics_dir / "train_history.csv"
+
+    @property
+    def release_predictions(self) -> Path:
+        """actual,predicted per test image of the release model (DVC's confusion plot)."""
+        return self.metrics_dir / "release_predictions.csv"
+
+    @property
+    def mcu_dir(self) -> Path:
+        return self.models_dir / "mcu"
 
     def rel(self, path: Path) -> str:
         """Path as written in dvc.yaml: relative to the project root, forward slashes."""

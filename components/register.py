@@ -82,6 +82,22 @@ def flatten(prefix: str, value: object) -> dict[str, object]:
     return {prefix: value}
 
 
+def validation_metrics(report: dict) -> dict[str, float]:
+    """The validation matrix and artifact sizes as MLflow metrics: `<format>.<runtime>.<measure>`."""
+    metrics = {}
+    for name, artifact in report["artifacts"].items():
+        for measure in ("bytes", "gzip_bytes", "bytes_per_parameter"):
+            metrics[f"{name}.{measure}"] = artifact[measure]
+    for cell in report["cells"]:
+        key = f"{cell['format']}.{cell['runtime'].replace(':', '_')}"
+        metrics[f"{key}.loaded"] = float(cell["loaded"])
+        metrics[f"{key}.passed"] = float(cell["status"] == "pass")
+        for measure in ("accuracy", "agreement", "max_abs_diff", "arena_bytes"):
+            if measure in cell:
+                metrics[f"{key}.{measure}"] = cell[measure]
+    return metrics
+
+
 def register(
     config: MlflowConfig,
     params: Params,
@@ -106,17 +122,15 @@ def register(
         mlflow.set_tags(tags)
         mlflow.log_params(flatten("", params.model_dump(mode="json")))
         mlflow.log_metrics({"float_accuracy": report["float_accuracy"], **extra_metrics})
-        for cell in report["cells"]:
-            key = f"{cell['format']}.{cell['runtime']}"
-            mlflow.log_metric(f"{key}.loaded", float(cell["loaded"]))
-            mlflow.log_metric(f"{cell['format']}.bytes", cell["bytes"])
-            if cell["loaded"]:
-                mlflow.log_metrics(
-                    {f"{key}.accuracy": cell["accuracy"], f"{key}.agreement": cell["agreement"]}
-                )
+        mlflow.log_metrics(validation_metrics(report))
         mlflow.log_metric("gates_passed", float(report["gates"]["passed"]))
+        if report["gates"]["failures"]:  # visible in the run list; the whole list is in validation.json
+            mlflow.set_tag("gate_failures", "; ".join(report["gates"]["failures"])[:4900])
         for path in files:
-            mlflow.log_artifact(str(path), artifact_path=path.parent.name)
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=path.name)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=path.parent.name)
 
         tflite = release.path(export_dir)
         logits = components.runtimes.litert(tflite)(x_example)

@@ -1,56 +1,190 @@
-"""The results table: one row per (exported artifact, runtime that ran it), from the validation report."""
+"""report: the human-readable results. The validation matrix and artifact table as Markdown (also printed
+by the CLI and published as a Prefect artifact), and `reports/` with report.md and its PNG plots: accuracy
+vs size, the training curves and the confusion matrix of the release int8 model."""
 
 from __future__ import annotations
 
+import csv
+import logging
 from pathlib import Path
 
-from components.atomic import atomic_path
+import numpy as np
 
-COLUMNS = (
-    "artifact",
+from components.atomic import atomic_path
+from components.formats import RELEASE_FORMAT
+
+log = logging.getLogger(__name__)
+
+MATRIX_COLUMNS = (
     "format",
-    "precision",
-    "bytes",
     "runtime",
+    "required",
     "top-1 accuracy",
     "agreement vs float",
+    "max |Δ logit|",
+    "arena bytes",
     "status",
 )
+ARTIFACT_COLUMNS = ("format", "file", "precision", "made from", "bytes", "gzip bytes", "bytes/param")
 
 
-def result_rows(report: dict) -> list[dict]:
+def matrix_rows(report: dict) -> list[dict]:
     rows = []
     for cell in report["cells"]:
         loaded = cell["loaded"]
+        status = cell["status"]
+        if not loaded:
+            status += f": {cell['error'][:110]}"
         rows.append(
             {
-                "artifact": cell["file"],
                 "format": cell["format"],
-                "precision": cell["precision"],
-                "bytes": cell["bytes"],
-                "runtime": cell["runtime"],
+                "runtime": cell["runtime"] + (f" ({cell['layout']})" if cell["layout"] != "NHWC" else ""),
+                "required": "yes" if cell["required"] else "no",
                 "top-1 accuracy": f"{cell['accuracy']:.4f}" if loaded else "-",
                 "agreement vs float": f"{cell['agreement']:.4f}" if loaded else "-",
-                "status": "ok" if loaded else f"failed: {cell['error'][:80]}",
+                "max |Δ logit|": f"{cell['max_abs_diff']:.2g}" if loaded else "-",
+                "arena bytes": str(cell.get("arena_bytes", "")),
+                "status": status,
             }
         )
     return rows
 
 
+def artifact_rows(report: dict) -> list[dict]:
+    return [
+        {
+            "format": name,
+            "file": a["file"],
+            "precision": a["precision"],
+            "made from": a["source"],
+            "bytes": a["bytes"],
+            "gzip bytes": a["gzip_bytes"],
+            "bytes/param": f"{a['bytes_per_parameter']:.2f}",
+        }
+        for name, a in report["artifacts"].items()
+    ]
+
+
+def _table(columns: tuple[str, ...], rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(str(row[c]).replace("|", "/") for c in columns) + " |" for row in rows]
+
+
 def to_markdown(report: dict, sparsity: float | None = None) -> str:
+    """The validation matrix, the artifact sizes and the gate verdict."""
     lines = [
-        f"Float Keras model: top-1 accuracy {report['float_accuracy']:.4f} "
-        f"on {report['test_images']} test images"
+        f"Float Keras model: top-1 accuracy {report['float_accuracy']:.4f} on {report['test_images']} "
+        f"test images, {report['parameters']} parameters"
         + (f"; weight sparsity after pruning + QAT {sparsity:.2%}" if sparsity is not None else ""),
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "Validation matrix (every artifact in every runtime its format names; `edgepipe formats`):",
+        "",
+        *_table(MATRIX_COLUMNS, matrix_rows(report)),
+        "",
+        "Artifacts:",
+        "",
+        *_table(ARTIFACT_COLUMNS, artifact_rows(report)),
+        "",
+        "Release gates: " + ("passed" if report["gates"]["passed"] else "FAILED"),
     ]
-    lines += ["| " + " | ".join(str(row[c]) for c in COLUMNS) + " |" for row in result_rows(report)]
-    gates = report["gates"]
-    lines += ["", "Release gates: " + ("passed" if gates["passed"] else "FAILED")]
-    lines += [f"- {failure}" for failure in gates["failures"]]
+    lines += [f"- {failure}" for failure in report["gates"]["failures"]]
     return "\n".join(lines) + "\n"
+
+
+def write_report(
+    report: dict, stage_metrics: dict, history_csv: Path, predictions_csv: Path, reports_dir: Path
+) -> dict:
+    """Write reports/ (report.md and its plots) in one atomic swap; returns what it wrote."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot as plt
+
+    plots = {
+        "accuracy_vs_size.png": lambda ax: plot_accuracy_vs_size(ax, report),
+        "training_curves.png": lambda ax: plot_history(ax, history_csv),
+        "confusion_release.png": lambda ax: plot_confusion(ax, predictions_csv),
+    }
+    with atomic_path(reports_dir) as tmp:
+        tmp.mkdir()
+        for name, draw in plots.items():
+            fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+            draw(ax)
+            fig.tight_layout()
+            fig.savefig(tmp / name, metadata={"Software": None})  # no version stamp: same bytes each run
+            plt.close(fig)
+        (tmp / "report.md").write_text(report_markdown(report, stage_metrics, plots))
+    log.info("wrote %s", reports_dir)
+    return {"files": sorted(["report.md", *plots])}
+
+
+def report_markdown(report: dict, stage_metrics: dict, plots: dict) -> str:
+    mcu, train = stage_metrics["mcu"], stage_metrics["train"]
+    lines = [
+        "# edgepipe report",
+        "",
+        to_markdown(report, sparsity=stage_metrics["qat"]["sparsity"]),
+        "## Microcontroller package (`models/mcu/`)",
+        "",
+        f"- `{RELEASE_FORMAT}`: flash {mcu['flash_bytes']} bytes, TFLite-Micro tensor arena "
+        f"{mcu['arena_bytes']} bytes (measured by the TFLite-Micro interpreter)",
+        f"- operators: {', '.join(mcu['ops'])}",
+        "",
+        "## Training",
+        "",
+        f"- float model: best epoch {train['best_epoch']} of {train['epochs_run']}, "
+        f"validation accuracy {train['val_accuracy']:.4f}",
+        f"- pruning: sparsity {stage_metrics['prune']['sparsity']:.2%}; "
+        f"after QAT {stage_metrics['qat']['sparsity']:.2%}",
+        "",
+        "## Plots",
+        "",
+    ]
+    lines += [f"![{name}]({name})" for name in plots]
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_vs_size(ax, report: dict) -> None:
+    """One point per artifact: its size and its accuracy in the first required runtime."""
+    for name, artifact in report["artifacts"].items():
+        cell = next(c for c in report["cells"] if c["format"] == name and c["required"])
+        if not cell["loaded"]:
+            continue
+        ax.scatter(artifact["bytes"] / 1024, cell["accuracy"])
+        ax.annotate(name, (artifact["bytes"] / 1024, cell["accuracy"]), fontsize=8)
+    ax.axhline(report["float_accuracy"], linestyle="--", linewidth=1, label="float Keras model")
+    ax.set(xlabel="file size (KiB)", ylabel="top-1 accuracy (test split)", title="Accuracy vs size")
+    ax.legend(loc="lower right")
+
+
+def plot_history(ax, history_csv: Path) -> None:
+    rows = _read_csv(history_csv)
+    epochs = [int(r["epoch"]) for r in rows]
+    for column in ("accuracy", "val_accuracy"):
+        ax.plot(epochs, [float(r[column]) for r in rows], marker=".", label=column)
+    ax.set(xlabel="epoch", ylabel="accuracy", title="Float model training")
+    ax.legend()
+
+
+def plot_confusion(ax, predictions_csv: Path) -> None:
+    rows = _read_csv(predictions_csv)
+    labels = sorted({r["actual"] for r in rows} | {r["predicted"] for r in rows})
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)), dtype=int)
+    for r in rows:
+        matrix[index[r["actual"]], index[r["predicted"]]] += 1
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="actual", title=f"{RELEASE_FORMAT} (LiteRT) on the test split")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with Path(path).open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 def write_markdown(path: Path, text: str) -> None:

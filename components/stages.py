@@ -9,12 +9,12 @@ a test checks that the committed dvc.yaml is what this table generates.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.atomic import write_json
+from components.atomic import read_json, write_json
 from components.config import Params
-from components.formats import by_container
+from components.formats import RELEASE_FORMAT, by_container, get_format
 from components.paths import ProjectPaths
 
 COMMON_CODE = ("components/config.py", "components/dataset.py")
@@ -30,6 +30,8 @@ class Stage:
     outs: Callable[[ProjectPaths], tuple[Path, ...]]
     metrics: Callable[[ProjectPaths], Path]
     run: Callable[[Params, ProjectPaths], dict]
+    # DVC plot files the step writes (not cached), with their `dvc plots` properties
+    plots: Callable[[ProjectPaths], dict[Path, dict]] = field(default=lambda p: {})
 
     def dep_paths(self, paths: ProjectPaths, params: Params) -> tuple[Path, ...]:
         """Every file or folder whose content decides this step's result, raw data resolved."""
@@ -52,7 +54,12 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
     from components.train import train
 
     return train(
-        params.model, params.train, paths.prepared_dir, paths.float_model, paths.metrics_file("train")
+        params.model,
+        params.train,
+        paths.prepared_dir,
+        paths.float_model,
+        paths.metrics_file("train"),
+        paths.train_history,
     )
 
 
@@ -76,7 +83,12 @@ def _export_tflite(params: Params, paths: ProjectPaths) -> dict:
     from components.export_tflite import export_tflite
 
     sizes = export_tflite(
-        params.export, paths.prepared_dir, paths.pruned_model, paths.qat_weights, paths.export_dir
+        params.export,
+        paths.prepared_dir,
+        paths.float_model,
+        paths.pruned_model,
+        paths.qat_weights,
+        paths.export_dir,
     )
     write_json(paths.metrics_file("export_tflite"), {"bytes": sizes})
     return sizes
@@ -100,8 +112,33 @@ def _validate(params: Params, paths: ProjectPaths) -> dict:
         paths.pruned_model,
         paths.qat_weights,
         paths.export_dir,
-        paths.metrics_file("validate"),
+        paths.validation_file,
+        paths.release_predictions,
     )
+
+
+def _mcu(params: Params, paths: ProjectPaths) -> dict:
+    from components.export_tflite import read_tflite_metadata
+    from components.mcu import package_for_mcu
+
+    release = get_format(RELEASE_FORMAT).path(paths.export_dir)
+    summary = package_for_mcu(release, read_tflite_metadata(release), paths.mcu_dir)
+    write_json(paths.metrics_file("mcu"), summary)
+    return summary
+
+
+def _report(params: Params, paths: ProjectPaths) -> dict:
+    from components.report import write_report
+
+    summary = write_report(
+        read_json(paths.validation_file),
+        {name: read_json(paths.metrics_file(name)) for name in ("train", "prune", "qat", "mcu")},
+        paths.train_history,
+        paths.release_predictions,
+        paths.reports_dir,
+    )
+    write_json(paths.metrics_file("report"), summary)
+    return summary
 
 
 def _export_files(container: str) -> Callable[[ProjectPaths], tuple[Path, ...]]:
@@ -130,6 +167,9 @@ STAGES: tuple[Stage, ...] = (
         outs=lambda p: (p.float_model,),
         metrics=lambda p: p.metrics_file("train"),
         run=_train,
+        plots=lambda p: {
+            p.train_history: {"x": "epoch", "y": "val_accuracy", "title": "Float model: validation accuracy"}
+        },
     ),
     Stage(
         "prune",
@@ -158,7 +198,7 @@ STAGES: tuple[Stage, ...] = (
             "components/model.py",
             "components/qat.py",
         ),
-        deps=lambda p: (p.prepared_dir, p.pruned_model, p.qat_weights),
+        deps=lambda p: (p.prepared_dir, p.float_model, p.pruned_model, p.qat_weights),
         outs=_export_files("tflite"),
         metrics=lambda p: p.metrics_file("export_tflite"),
         run=_export_tflite,
@@ -166,11 +206,25 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "export_onnx",
         ("export",),
-        ("components/export_onnx.py", "components/formats.py", "components/model.py"),
+        (
+            "components/export_onnx.py",
+            "components/export_tflite.py",
+            "components/formats.py",
+            "components/model.py",
+        ),
         deps=lambda p: (p.prepared_dir, p.pruned_model),
         outs=_export_files("onnx"),
         metrics=lambda p: p.metrics_file("export_onnx"),
         run=_export_onnx,
+    ),
+    Stage(
+        "mcu",
+        (),
+        ("components/mcu.py", "components/runtimes.py", "components/export_tflite.py"),
+        deps=lambda p: (get_format(RELEASE_FORMAT).path(p.export_dir),),
+        outs=lambda p: (p.mcu_dir,),
+        metrics=lambda p: p.metrics_file("mcu"),
+        run=_mcu,
     ),
     Stage(
         "validate",
@@ -184,8 +238,30 @@ STAGES: tuple[Stage, ...] = (
         ),
         deps=lambda p: (p.prepared_dir, p.float_model, p.pruned_model, p.qat_weights, *_all_exports(p)),
         outs=lambda p: (),
-        metrics=lambda p: p.metrics_file("validate"),
+        metrics=lambda p: p.validation_file,
         run=_validate,
+        plots=lambda p: {
+            p.release_predictions: {
+                "template": "confusion",
+                "x": "actual",
+                "y": "predicted",
+                "title": f"{RELEASE_FORMAT} in LiteRT: confusion on the test split",
+            }
+        },
+    ),
+    Stage(
+        "report",
+        (),
+        ("components/report.py",),
+        deps=lambda p: (
+            p.validation_file,
+            p.release_predictions,
+            p.train_history,
+            *(p.metrics_file(name) for name in ("train", "prune", "qat", "mcu")),
+        ),
+        outs=lambda p: (p.reports_dir,),
+        metrics=lambda p: p.metrics_file("report"),
+        run=_report,
     ),
 )
 
@@ -203,9 +279,14 @@ def dvc_yaml(paths: ProjectPaths) -> dict:
     for stage in STAGES:
         deps = [*COMMON_CODE, *stage.code]
         deps += [RAW_DATA_DEP if p == Path(RAW_DATA_DEP) else paths.rel(p) for p in stage.deps(paths)]
-        entry: dict = {"cmd": f"edgepipe stage {stage.name}", "deps": deps, "params": list(stage.params)}
+        entry: dict = {"cmd": f"edgepipe stage {stage.name}", "deps": deps}
+        if stage.params:
+            entry["params"] = list(stage.params)
         if stage.outs(paths):
             entry["outs"] = [paths.rel(p) for p in stage.outs(paths)]
         entry["metrics"] = [{paths.rel(stage.metrics(paths)): {"cache": False}}]
+        if stage.plots(paths):
+            plots = stage.plots(paths).items()
+            entry["plots"] = [{paths.rel(f): {"cache": False, **props}} for f, props in plots]
         stages[stage.name] = entry
     return {"stages": stages}

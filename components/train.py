@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
-from components.atomic import write_json
+from components.atomic import atomic_path, write_json
 from components.config import ModelConfig, TrainConfig
 from components.dataset import load_split, read_dataset_info
 from components.model import build_model, fit_classifier, keras, save_model, seed_everything
@@ -14,7 +15,12 @@ log = logging.getLogger(__name__)
 
 
 def train(
-    model_config: ModelConfig, config: TrainConfig, prepared_dir: Path, model_out: Path, metrics_out: Path
+    model_config: ModelConfig,
+    config: TrainConfig,
+    prepared_dir: Path,
+    model_out: Path,
+    metrics_out: Path,
+    history_out: Path,
 ) -> dict:
     info = read_dataset_info(prepared_dir)
     seed_everything(config.seed)
@@ -40,6 +46,17 @@ def train(
         "parameters": int(model.count_params()),
     }
     save_model(model, model_out)
+    write_history(history_out, history.history)
     write_json(metrics_out, metrics)
     log.info("trained %s: %s", model_config.architecture, metrics)
     return metrics
+
+
+def write_history(path: Path, history: dict[str, list[float]]) -> None:
+    """One row per epoch (epoch, loss, accuracy, val_loss, val_accuracy): the curves `dvc plots` draws."""
+    columns = sorted(history)
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *columns])
+        for epoch, values in enumerate(zip(*(history[c] for c in columns), strict=True), start=1):
+            writer.writerow([epoch, *(f"{v:.6f}" for v in values)])

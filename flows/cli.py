@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Logs and CI have no terminal width; keep the results table readable there.
-console = Console() if sys.stdout.isatty() else Console(width=150)
+console = Console(emoji=False) if sys.stdout.isatty() else Console(width=150, emoji=False)
 err_console = Console(stderr=True)
 
 
@@ -54,20 +54,21 @@ def run(
 
 
 def print_results(result: dict) -> None:
-    from components.report import COLUMNS, result_rows
+    from components.report import ARTIFACT_COLUMNS, MATRIX_COLUMNS, artifact_rows, matrix_rows
 
     report = result["report"]
-    table = Table(
-        title=f"edgepipe results (float Keras top-1 accuracy {report['float_accuracy']:.4f}, "
-        f"{report['test_images']} test images)"
+    console.print(
+        rich_table(
+            f"Validation matrix (float Keras top-1 accuracy {report['float_accuracy']:.4f}, "
+            f"{report['test_images']} test images)",
+            MATRIX_COLUMNS,
+            matrix_rows(report),
+        )
     )
-    for column in COLUMNS:
-        table.add_column(column, justify="right" if column in ("bytes",) else "left")
-    for row in result_rows(report):
-        table.add_row(*(str(row[c]) for c in COLUMNS))
-    console.print(table)
+    console.print(rich_table("Artifacts", ARTIFACT_COLUMNS, artifact_rows(report)))
     registration = result["registration"]
     console.print(f"Release gates: {'passed' if report['gates']['passed'] else 'FAILED'}")
+    console.print(f"Report: {result['report_file']} (plots beside it)")
     model = f"MLflow model {registration.model_name} version {registration.version}"
     if registration.new_version:
         console.print(f"Registered {model}")
@@ -89,6 +90,44 @@ def print_results(result: dict) -> None:
         "  prefect server start   (then run with PREFECT_API_URL=http://127.0.0.1:4200/api to see it there)"
     )
     console.print("  dvc status; dvc pull models/export/model_int8.tflite   (in another clone)")
+
+
+@app.command()
+def formats(markdown: bool = typer.Option(False, help="print the Markdown table the README holds")) -> None:
+    """The format registry: every artifact the pipeline exports and the runtimes that must run it."""
+    from components.formats import FORMATS, registry_markdown
+
+    if markdown:
+        typer.echo(registry_markdown(), nl=False)
+        return
+    rows = [
+        {
+            "format": fmt.name,
+            "file": fmt.filename,
+            "precision": fmt.precision,
+            "made from": fmt.source,
+            "runtimes (* = known not to work, reported only)": ", ".join(
+                t.name + ("" if t.required else "*") for t in fmt.runtimes
+            ),
+            "converter": ", ".join(f"{k}={v}" for k, v in fmt.converter.items()) or "defaults",
+        }
+        for fmt in FORMATS
+    ]
+    console.print(rich_table("edgepipe export formats", tuple(rows[0]), rows))
+    for fmt in FORMATS:
+        for target in fmt.runtimes:
+            if target.note and not target.required:
+                console.print(f"* {fmt.name} on {target.name}: {target.note}")
+
+
+def rich_table(title: str, columns: tuple[str, ...], rows: list[dict]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        numeric = column in ("bytes", "gzip bytes", "bytes/param", "arena bytes")
+        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in columns))
+    return table
 
 
 @app.command()

@@ -1,5 +1,5 @@
 """The Prefect pipeline flow: ingest -> prepare -> train -> prune -> qat -> export_tflite / export_onnx ->
-validate -> register (MLflow) -> push (DVC).
+mcu -> validate -> report -> register (MLflow) -> push (DVC).
 
 Runs in one process (TensorFlow imported once). With no PREFECT_API_URL it uses Prefect's temporary local
 API; with a server, runs show up in its UI. Heavy steps are cached on their inputs (flows.caching) and
@@ -23,7 +23,7 @@ from components.hashing import file_digest
 from components.paths import ProjectPaths
 from components.prepare import ensure_raw_data
 from components.register import Registration, register
-from components.report import to_markdown, write_markdown
+from components.report import to_markdown
 from components.stages import STAGES, get_stage
 from flows.caching import stage_cache_key
 
@@ -68,11 +68,15 @@ def register_task(params: Params, root: Path, report: dict, stage_metrics: dict)
         "sha256": file_digest(release),
         "dvc_md5": versioning.locked_md5(root, release),
     }
-    files = [fmt.path(paths.export_dir) for fmt in FORMATS] + [paths.results_table]
-    files += [stage.metrics(paths) for stage in STAGES]
+    files = [fmt.path(paths.export_dir) for fmt in FORMATS] + [paths.reports_dir, paths.mcu_dir]
+    files += [stage.metrics(paths) for stage in STAGES] + [paths.train_history, paths.release_predictions]
+    mcu = stage_metrics["mcu"]
     extra = {
         "sparsity": stage_metrics["qat"]["sparsity"],
         "float_val_accuracy": stage_metrics["train"]["val_accuracy"],
+        "mcu.arena_bytes": mcu["arena_bytes"],
+        "mcu.flash_bytes": mcu["flash_bytes"],
+        "mcu.openmv_input_error_steps": mcu["openmv_input_error_steps"],
     }
     return register(
         params.mlflow,
@@ -112,8 +116,11 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
     report = results["validate"]
 
     table = to_markdown(report, sparsity=results["qat"]["sparsity"])
-    write_markdown(paths.results_table, table)
-    create_markdown_artifact(key="edgepipe-results", markdown=table, description="edgepipe results table")
+    create_markdown_artifact(
+        key="edgepipe-results",
+        markdown=paths.report_file.read_text(),
+        description=f"edgepipe report: validation matrix, sizes, gates (plots in {paths.reports_dir})",
+    )
     logger.info("results:\n%s", table)
 
     registration = register_task(params, root, report, results)
@@ -121,7 +128,13 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
         raise EdgepipeError(
             "release gates failed, nothing registered or pushed:\n  "
             + "\n  ".join(report["gates"]["failures"])
-            + f"\nSee {paths.results_table} and MLflow run {registration.run_id}."
+            + f"\nSee {paths.report_file} and MLflow run {registration.run_id}."
         )
     pushed = push_task(root) if push else None  # None: not asked to push
-    return {"report": report, "registration": registration, "pushed": pushed, "table": table}
+    return {
+        "report": report,
+        "registration": registration,
+        "pushed": pushed,
+        "table": table,
+        "report_file": str(paths.report_file),
+    }

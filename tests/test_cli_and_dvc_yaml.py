@@ -36,9 +36,16 @@ def test_dvc_yaml_lists_every_stage_export_and_params_section():
     for stage in STAGES:
         entry = stages[stage.name]
         assert entry["cmd"] == f"edgepipe stage {stage.name}"
-        assert set(entry["params"]) == set(stage.params)
-        assert entry["metrics"] == [{f"metrics/{stage.name}.json": {"cache": False}}]
+        assert set(entry.get("params", [])) == set(stage.params)
+        metrics = ProjectPaths(PROJECT_ROOT).rel(stage.metrics(ProjectPaths(PROJECT_ROOT)))
+        assert entry["metrics"] == [{metrics: {"cache": False}}]
     assert "${data.raw_dir}" in stages["prepare"]["deps"]
+    assert "models/mcu" in outs and "reports" in outs
+    confusion = stages["validate"]["plots"][0]["metrics/release_predictions.csv"]
+    assert confusion["template"] == "confusion" and (confusion["x"], confusion["y"]) == (
+        "actual",
+        "predicted",
+    )
 
 
 def test_dvc_yaml_check_command_passes_on_the_project():
@@ -65,15 +72,26 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
 
 
 def results(version: str | None, new_version: bool, pushed: int | None) -> dict:
-    cell = {"format": "tflite_int8", "container": "tflite", "precision": "int8", "runtime": "litert"}
-    cell |= {"file": "model_int8.tflite", "bytes": 31992, "loaded": True, "accuracy": 0.9667}
-    cell |= {"agreement": 0.9407}
-    report = {"float_accuracy": 0.9704, "test_images": 270, "cells": [cell]}
+    cell = {"format": "tflite_int8", "runtime": "litert", "layout": "NHWC", "required": True}
+    cell |= {"file": "model_int8.tflite", "loaded": True, "accuracy": 0.9667, "agreement": 0.9407}
+    cell |= {"max_abs_diff": 0.2, "status": "pass"}
+    failed = {"format": "tflite_int8", "runtime": "opencv_dnn:classic", "layout": "NCHW", "required": False}
+    failed |= {"file": "model_int8.tflite", "loaded": False, "error": "cv2.error: Lookup table for RELU"}
+    failed |= {"status": "known failure"}
+    artifact = {"file": "model_int8.tflite", "precision": "int8", "source": "qat", "bytes": 31992}
+    artifact |= {"gzip_bytes": 19359, "bytes_per_parameter": 1.2}
+    report = {"float_accuracy": 0.9704, "test_images": 270, "parameters": 26000}
+    report |= {"cells": [cell, failed], "artifacts": {"tflite_int8": artifact}}
     report["gates"] = {"passed": True, "failures": []}
     registration = Registration(
         "run-id", "1", "digits" if version else None, version, new_version, "sqlite://"
     )
-    return {"report": report, "registration": registration, "pushed": pushed}
+    return {
+        "report": report,
+        "registration": registration,
+        "pushed": pushed,
+        "report_file": "reports/report.md",
+    }
 
 
 @pytest.mark.parametrize(
@@ -92,6 +110,14 @@ def results(version: str | None, new_version: bool, pushed: int | None) -> dict:
 def test_results_summary_says_what_happened_in_mlflow_and_dvc(capsys, version, new_version, pushed, expected):
     print_results(results(version, new_version, pushed))
     out = " ".join(capsys.readouterr().out.split())
-    assert "model_int8.tflite" in out and "0.9667" in out and "0.9407" in out
+    assert "model_int8.tflite" in out and "0.9667" in out and "0.9407" in out and "19359" in out
+    assert "known failure" in out and "Lookup table" in out  # the runtime's own words, folded in a cell
     for line in expected:
         assert line in out
+
+
+def test_readme_shows_the_format_registry_as_it_is():
+    """The README's format table is `edgepipe formats --markdown`: the docs come from the registry."""
+    from components.formats import registry_markdown
+
+    assert registry_markdown() in (PROJECT_ROOT / "README.md").read_text()

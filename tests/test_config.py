@@ -34,7 +34,18 @@ def test_tiny_params_round_trip(tmp_path):
             {"model.architecture": "resnet"},
             "model.architecture: Input should be 'small_cnn' or 'mobilenet_v2'",
         ),
-        ({"gates.min_agreement": -0.1}, "gates.min_agreement: Input should be greater than or equal to 0"),
+        (
+            {"gates.min_agreement": -0.1},
+            "gates.min_agreement.default: Input should be greater than or equal to 0",
+        ),
+        (
+            {"gates.max_bytes": {"tflite_int9": 5}},
+            "gates.max_bytes: Value error, unknown max_bytes key(s) ['tflite_int9']",
+        ),
+        (
+            {"gates.min_agreement": {"litert": 0.9}},
+            "gates.min_agreement: Value error, min_agreement needs a 'default'",
+        ),
         ({"model.name": "bad name/with slash"}, "model.name: String should match pattern"),
     ],
 )

@@ -18,7 +18,7 @@ from components.formats import FORMATS, RELEASE_FORMAT, get_format
 from components.model import load_model, save_model, sparsity
 from components.paths import ProjectPaths
 from components.qat import load_qat_model
-from components.runtimes import RUNTIMES
+from components.runtimes import open_runner
 from components.stages import STAGES
 from components.validate import gate_failures
 from conftest import TINY_PARAMS, write_image_folder
@@ -51,7 +51,11 @@ def test_split(project):
 def source_logits(paths: ProjectPaths, source: str, x: np.ndarray) -> np.ndarray:
     if source == "qat":
         return load_qat_model(paths.pruned_model, paths.qat_weights).predict(x, verbose=0)
-    return load_model(paths.pruned_model).predict(x, verbose=0)
+    return load_model(paths.float_model if source == "float" else paths.pruned_model).predict(x, verbose=0)
+
+
+REQUIRED = [(f.name, t) for f in FORMATS for t in f.runtimes if t.required]
+KNOWN_FAILURES = [(f.name, t) for f in FORMATS for t in f.runtimes if not t.required]
 
 
 def test_float_model_learns_the_tiny_task(project, test_split):
@@ -115,15 +119,14 @@ def test_int8_file_keeps_the_zeros(project):
     assert weights and zeros >= params.prune.target_sparsity - 0.02
 
 
-@pytest.mark.parametrize(
-    ("format_name", "runtime"), [(f.name, r) for f in FORMATS for r in f.runtimes], ids=lambda v: str(v)
-)
-def test_every_export_reloads_and_agrees_with_keras(project, test_split, format_name, runtime):
+@pytest.mark.parametrize(("format_name", "target"), REQUIRED, ids=lambda v: getattr(v, "name", v))
+def test_every_export_reloads_and_agrees_with_keras(project, test_split, format_name, target):
+    """Every registry row, in every runtime that must run it: reload, run, agree with its Keras model."""
     _, paths, _ = project
     fmt = get_format(format_name)
     x, _ = test_split
     expected = source_logits(paths, fmt.source, x)
-    logits = RUNTIMES[runtime](fmt.path(paths.export_dir))(x)
+    logits = open_runner(target, fmt.path(paths.export_dir))(x)
     assert logits.shape == expected.shape
     diff = float(np.abs(logits - expected).max())
     scale = float(expected.max() - expected.min())
@@ -134,6 +137,45 @@ def test_every_export_reloads_and_agrees_with_keras(project, test_split, format_
     else:
         assert diff <= INT8_MAX_REL_DIFF * scale
         assert np.mean(logits.argmax(1) == expected.argmax(1)) >= INT8_MIN_AGREEMENT
+
+
+def test_known_runtime_failures_are_reported_with_the_runtimes_own_words(project):
+    """OpenCV cannot import int8 TFLite; its new engine cannot run int8 ONNX. Tried, reported, not gated."""
+    _, paths, results = project
+    cells = {(c["format"], c["runtime"]): c for c in results["validate"]["cells"]}
+    for format_name, target in KNOWN_FAILURES:
+        cell = cells[(format_name, target.name)]
+        assert cell["note"] == target.note
+        # A small CNN's float .tflite runs in OpenCV's new engine (MobileNetV2's does not): reported as such.
+        assert cell["status"] == ("pass" if format_name.startswith("tflite_float") else "known failure")
+        if not cell["loaded"]:
+            assert "OpenCV(5.0.0)" in cell["error"]
+    tflite_int8 = cells[("tflite_int8", "opencv_dnn:classic")]
+    assert not tflite_int8["loaded"] and "Lookup table for RELU" in tflite_int8["error"]
+
+
+def test_int8_onnx_is_quantised_qdq_with_uint8_activations(project):
+    _, paths, results = project
+    model = onnx.load(str(get_format("onnx_int8").path(paths.export_dir)))
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    zero_points = {init.data_type for init in model.graph.initializer if init.name.endswith("zero_point")}
+    assert onnx.TensorProto.UINT8 in zero_points and onnx.TensorProto.INT8 in zero_points
+    sizes = results["validate"]["artifacts"]
+    assert sizes["onnx_int8"]["bytes"] < sizes["onnx_float32"]["bytes"]
+
+
+def test_pruned_int8_compresses_smaller_than_unpruned_int8(project):
+    """Pruning pays on disk once compressed: the zeros of the pruned QAT int8 file gzip away, the PTQ
+    file of the unpruned model has none to lose."""
+    _, _, results = project
+    artifacts = results["validate"]["artifacts"]
+    assert artifacts["tflite_int8"]["gzip_bytes"] < artifacts["tflite_int8_ptq"]["gzip_bytes"]
+    for artifact in artifacts.values():
+        assert 0 < artifact["gzip_bytes"] < artifact["bytes"]
+        assert artifact["bytes_per_parameter"] == pytest.approx(
+            artifact["bytes"] / results["validate"]["parameters"], abs=1e-4
+        )
 
 
 def test_onnx_export_gives_the_same_bytes_every_time(project):
@@ -171,14 +213,30 @@ def test_int8_tflite_has_int8_input_and_output(project):
 
 def test_validate_reports_every_cell_and_passes_the_gates(project):
     _, paths, results = project
-    report = read_json(paths.metrics_file("validate"))
+    report = read_json(paths.validation_file)
     assert report == results["validate"]
     assert [(c["format"], c["runtime"]) for c in report["cells"]] == [
-        (f.name, r) for f in FORMATS for r in f.runtimes
+        (f.name, t.name) for f in FORMATS for t in f.runtimes
     ]
-    assert all(c["loaded"] and 0 <= c["accuracy"] <= 1 for c in report["cells"])
+    required = [c for c in report["cells"] if c["required"]]
+    assert all(c["loaded"] and c["status"] == "pass" and 0 <= c["accuracy"] <= 1 for c in required)
     assert report["gates"]["passed"], report["gates"]["failures"]
     assert report["test_images"] == len(load_split(paths.prepared_dir, "test")[1])
+    arenas = [c["arena_bytes"] for c in required if c["runtime"] == "tflm"]
+    assert len(arenas) == 2 and all(a > 0 for a in arenas)
+
+
+def test_report_writes_markdown_and_plots(project):
+    _, paths, results = project
+    assert results["report"]["files"] == sorted(p.name for p in paths.reports_dir.iterdir())
+    text = paths.report_file.read_text()
+    assert "Validation matrix" in text and "known failure" in text and "![confusion_release.png]" in text
+    for png in paths.reports_dir.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = paths.release_predictions.read_text().splitlines()
+    assert rows[0] == "actual,predicted" and len(rows) == 1 + results["validate"]["test_images"]
+    history = paths.train_history.read_text().splitlines()
+    assert history[0].startswith("epoch,") and len(history) == 1 + results["train"]["epochs_run"]
 
 
 def test_exports_leave_no_temporary_files(project):
@@ -186,17 +244,44 @@ def test_exports_leave_no_temporary_files(project):
     assert sorted(p.name for p in paths.export_dir.iterdir()) == sorted(f.filename for f in FORMATS)
 
 
-def test_gates_fail_on_drop_disagreement_and_load_errors():
-    gates = GatesConfig(max_accuracy_drop=0.02, min_agreement=0.95)
+def test_gates_fail_on_drop_disagreement_size_arena_and_load_errors():
+    gates = GatesConfig(
+        max_accuracy_drop={"default": 0.02, "onnx_int8": 0.1},
+        min_agreement={"default": 0.95, "opencv_dnn:new": 0.5},
+        max_bytes={"tflite_int8": 1000},
+        max_arena_bytes=4096,
+    )
+    artifacts = {"tflite_int8": {"bytes": 1500}, "onnx_int8": {"bytes": 99999}}
+
+    def cell(fmt, runtime, required=True, **measured):
+        base = {"format": fmt, "runtime": runtime, "required": required, "loaded": True}
+        base |= {"precision": "int8" if "int8" in fmt else "float32", "logit_error": 0.0001}
+        return base | measured
+
     cells = [
-        {"format": "a", "runtime": "litert", "loaded": True, "accuracy": 0.95, "agreement": 0.99},
-        {"format": "b", "runtime": "onnxruntime", "loaded": True, "accuracy": 0.90, "agreement": 0.99},
-        {"format": "c", "runtime": "opencv_dnn", "loaded": True, "accuracy": 0.96, "agreement": 0.61},
-        {"format": "d", "runtime": "opencv_dnn", "loaded": False, "error": "cv2.error: cannot load"},
+        cell("tflite_int8", "litert", accuracy=0.95, agreement=0.99),
+        cell("tflite_int8", "tflm", accuracy=0.95, agreement=0.99, arena_bytes=5000),
+        cell("onnx_int8", "onnxruntime", accuracy=0.90, agreement=0.99),  # within its own 0.1 drop
+        cell("onnx_float32", "onnxruntime", accuracy=0.90, agreement=0.99),
+        cell("onnx_float32", "opencv_dnn:classic", accuracy=0.96, agreement=0.61),
+        cell("onnx_float32", "opencv_dnn:new", accuracy=0.96, agreement=0.61),  # its own bar is 0.5
+        cell("tflite_float32", "litert", accuracy=0.96, agreement=0.99, logit_error=0.2),
+        {
+            "format": "tflite_float32",
+            "runtime": "opencv_dnn:classic",
+            "required": True,
+            "loaded": False,
+            "error": "cv2.error: cannot load",
+        },
+        cell("onnx_int8", "opencv_dnn:new", required=False, accuracy=0.1, agreement=0.1),  # reported only
     ]
-    failures = gate_failures(gates, float_accuracy=0.96, cells=cells)
+    failures = gate_failures(gates, float_accuracy=0.96, artifacts=artifacts, cells=cells)
     assert failures == [
-        "b on onnxruntime: accuracy drop 0.0600 > gates.max_accuracy_drop 0.02",
-        "c on opencv_dnn: agreement 0.6100 < gates.min_agreement 0.95",
-        "d on opencv_dnn: could not run (cv2.error: cannot load)",
+        "tflite_int8: 1500 bytes > gates.max_bytes.tflite_int8 1000",
+        "tflite_int8 on tflm: tensor arena 5000 bytes > gates.max_arena_bytes 4096",
+        "onnx_float32 on onnxruntime: accuracy drop 0.0600 > gates.max_accuracy_drop 0.02",
+        "onnx_float32 on opencv_dnn:classic: agreement 0.6100 < gates.min_agreement 0.95",
+        "tflite_float32 on litert: max logit difference 0.2000 of the logit range > gates.max_logit_error."
+        "float32 0.001 (it computes a different function from the model it was made from)",
+        "tflite_float32 on opencv_dnn:classic: could not run (cv2.error: cannot load)",
     ]

@@ -32,7 +32,7 @@ from flows.pipeline import pipeline
 
 pytestmark = pytest.mark.slow
 
-HEAVY_STEPS = ("train", "prune", "qat", "export_tflite", "export_onnx", "validate")
+HEAVY_STEPS = ("train", "prune", "qat", "export_tflite", "export_onnx", "mcu", "validate", "report")
 
 
 @pytest.fixture(scope="module")
@@ -93,21 +93,29 @@ def test_mlflow_run_has_params_metrics_and_artifacts(first_run):
             metrics[f"{fmt.name}.bytes"]
             == fmt.path(ProjectPaths(first_run["root"]).export_dir).stat().st_size
         )
-        for runtime in fmt.runtimes:
-            assert 0.0 <= metrics[f"{fmt.name}.{runtime}.accuracy"] <= 1.0
-            assert 0.0 <= metrics[f"{fmt.name}.{runtime}.agreement"] <= 1.0
+        for target in (t for t in fmt.runtimes if t.required):
+            key = f"{fmt.name}.{target.name.replace(':', '_')}"
+            assert metrics[f"{key}.passed"] == 1.0
+            assert 0.0 <= metrics[f"{key}.accuracy"] <= 1.0
+            assert 0.0 <= metrics[f"{key}.agreement"] <= 1.0
+        assert metrics[f"{fmt.name}.gzip_bytes"] < metrics[f"{fmt.name}.bytes"]
+    assert metrics["tflite_int8.tflm.arena_bytes"] > 0
     assert metrics["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert metrics["gates_passed"] == 1.0
     logged = {
         a.path
-        for folder in ("export", "reports", "metrics")
+        for folder in ("export", "reports", "metrics", "mcu", "mcu/openmv")
         for a in client.list_artifacts(mlflow_run.info.run_id, folder)
     }
     assert {
         "export/model_int8.tflite",
-        "export/model_float32.onnx",
-        "reports/results.md",
-        "metrics/validate.json",
+        "export/model_int8.onnx",
+        "reports/report.md",
+        "reports/confusion_release.png",
+        "metrics/validation.json",
+        "metrics/release_predictions.csv",
+        "mcu/model_data.cc",
+        "mcu/openmv/main.py",
     } <= logged
 
 
@@ -122,7 +130,7 @@ def test_registered_pyfunc_serves_the_tflite_with_litert(first_run):
     assert [i.name for i in model.metadata.get_input_schema().inputs] == [None] or model.metadata.signature
 
 
-def test_results_table_is_a_prefect_artifact(first_run):
+def test_report_is_a_prefect_artifact(first_run):
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["edgepipe-results"]))
@@ -130,7 +138,7 @@ def test_results_table_is_a_prefect_artifact(first_run):
     table = [a for a in artifacts if a.flow_run_id == first_run["flow_run_id"]][0].data
     for fmt in FORMATS:
         assert fmt.filename in table
-    assert table == (first_run["root"] / "reports" / "results.md").read_text()
+    assert table == (first_run["root"] / "reports" / "report.md").read_text()
 
 
 def test_dvc_status_is_clean_and_repro_skips_every_stage(first_run):
@@ -209,3 +217,35 @@ def test_clone_and_dvc_pull_return_byte_identical_artifacts(first_run):
     run([*DVC, "pull", "-q"], clone)  # and everything else: data, models, prepared splits
     assert run([*DVC, "status"], clone).stdout.strip().endswith("up to date.")
     shutil.rmtree(clone)
+
+
+def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_path):
+    """A release gate set below the measured arena: the run still logs everything to MLflow, names the
+    gate and the measured value, registers nothing and pushes nothing."""
+    root = tmp_path / "gated"
+    shutil.copytree(first_run["root"], root, symlinks=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["gates"]["max_arena_bytes"] = 1000
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    client = MlflowClient(first_run["uri"])
+    versions_before = client.search_model_versions("name = 'tiny-patterns'")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", first_run["uri"])
+        state = pipeline(params_path="params.yaml", project_dir=str(root), return_state=True)
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "release gates failed, nothing registered or pushed" in message
+    assert "tflite_int8 on tflm: tensor arena" in message and "> gates.max_arena_bytes 1000" in message
+    versions_after = client.search_model_versions("name = 'tiny-patterns'")
+    assert [v.version for v in versions_after] == [v.version for v in versions_before]
+    runs = client.search_runs(
+        [client.get_experiment_by_name("edgepipe-tests").experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    assert runs[0].data.metrics["gates_passed"] == 0.0
+    assert "gates.max_arena_bytes 1000" in runs[0].data.tags["gate_failures"]
+    assert "registered_version" not in runs[0].data.tags
+    report = yaml.safe_load((root / "metrics" / "validation.json").read_text())
+    assert not report["gates"]["passed"]
