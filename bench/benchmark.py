@@ -456,7 +456,8 @@ def benchmark(root: Path, params_path: Path, format_names: str | None, use_mlflo
         f"{config.runs_per_round} runs per cell, {len(y)} test images"
     )
     print_table(rows, title)
-    files = write_reports(rows, env, title, paths.reports_dir / "benchmark")
+    # Not in reports/: that folder is the report stage's DVC output; a benchmark is not a pipeline step.
+    files = write_reports(rows, env, title, paths.root / "bench" / "results")
     console.print(f"Reports: {files[0].parent}")
     if uri:
         run_id = log_to_mlflow(uri, params.mlflow.experiment, rows, env, files)

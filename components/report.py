@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 
 from components.atomic import atomic_path
-from components.formats import RELEASE_FORMAT
+from components.formats import FORMATS, RELEASE_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,11 @@ MATRIX_COLUMNS = (
     "required",
     "top-1 accuracy",
     "agreement vs float",
-    "max |Δ logit|",
+    "max Δ logit",
     "arena bytes",
     "status",
 )
+REGISTRY_ORDER = {fmt.name: i for i, fmt in enumerate(FORMATS)}
 ARTIFACT_COLUMNS = ("format", "file", "precision", "made from", "bytes", "gzip bytes", "bytes/param")
 
 
@@ -34,7 +36,7 @@ def matrix_rows(report: dict) -> list[dict]:
         loaded = cell["loaded"]
         status = cell["status"]
         if not loaded:
-            status += f": {cell['error'][:110]}"
+            status += f": {short_error(cell['error'])}"
         rows.append(
             {
                 "format": cell["format"],
@@ -42,12 +44,30 @@ def matrix_rows(report: dict) -> list[dict]:
                 "required": "yes" if cell["required"] else "no",
                 "top-1 accuracy": f"{cell['accuracy']:.4f}" if loaded else "-",
                 "agreement vs float": f"{cell['agreement']:.4f}" if loaded else "-",
-                "max |Δ logit|": f"{cell['max_abs_diff']:.2g}" if loaded else "-",
+                "max Δ logit": f"{cell['max_abs_diff']:.2g}" if loaded else "-",
                 "arena bytes": str(cell.get("arena_bytes", "")),
                 "status": status,
             }
         )
     return rows
+
+
+def short_error(error: str, limit: int = 120) -> str:
+    """The gist of a runtime's error for a table cell: OpenCV's `(-213:Not implemented) what` part, without
+    its source path; the whole text stays in validation.json and the report's failure list."""
+    match = re.search(r"\((-?\d+:[^)]*)\)\s*(.+)", error)
+    gist = f"{match.group(2)} (OpenCV {match.group(1)})" if match else error
+    return gist if len(gist) <= limit else gist[: limit - 1] + "…"
+
+
+def failure_lines(report: dict) -> list[str]:
+    """Every cell a runtime could not run, with the runtime's own words and the registry's note."""
+    lines = []
+    for cell in report["cells"]:
+        if not cell["loaded"]:
+            note = f" Known: {cell['note']}." if cell.get("note") else ""
+            lines.append(f"- `{cell['format']}` on `{cell['runtime']}`: {cell['error']}{note}")
+    return lines
 
 
 def artifact_rows(report: dict) -> list[dict]:
@@ -61,7 +81,7 @@ def artifact_rows(report: dict) -> list[dict]:
             "gzip bytes": a["gzip_bytes"],
             "bytes/param": f"{a['bytes_per_parameter']:.2f}",
         }
-        for name, a in report["artifacts"].items()
+        for name, a in sorted(report["artifacts"].items(), key=lambda item: REGISTRY_ORDER[item[0]])
     ]
 
 
@@ -88,6 +108,9 @@ def to_markdown(report: dict, sparsity: float | None = None) -> str:
         "Release gates: " + ("passed" if report["gates"]["passed"] else "FAILED"),
     ]
     lines += [f"- {failure}" for failure in report["gates"]["failures"]]
+    failures = failure_lines(report)
+    if failures:
+        lines += ["", "Runtime errors, in full:", "", *failures]
     return "\n".join(lines) + "\n"
 
 

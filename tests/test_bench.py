@@ -84,7 +84,7 @@ def measured(tmp_path_factory):
         result = CliRunner().invoke(benchmark.app, args)
     assert result.exit_code == 0, result.output
     print(result.output)
-    report = json.loads((root / "reports" / "benchmark" / "benchmark.json").read_text())
+    report = json.loads((root / "bench" / "results" / "benchmark.json").read_text())
     return root, uri, result.output, report, keras_accuracy
 
 
@@ -122,7 +122,7 @@ def test_float_exports_score_like_the_keras_model_in_every_runtime(measured):
 
 def test_reports_and_plots_are_written(measured):
     root, _, _, _, _ = measured
-    out = root / "reports" / "benchmark"
+    out = root / "bench" / "results"
     for name in ("accuracy_vs_size.png", "latency_by_runtime.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "benchmark.md").read_text()
@@ -161,7 +161,7 @@ def test_a_model_that_fails_to_load_is_a_row_with_the_error_not_a_crash(tmp_path
     args = ["--project-dir", str(tmp_path), "--formats", "tflite_float16", "--no-mlflow"]
     result = CliRunner().invoke(benchmark.app, args)
     assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / "reports" / "benchmark" / "benchmark.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "bench" / "results" / "benchmark.json").read_text())["rows"]
     assert [row["runtime"] for row in rows] == [t.name for t in get_format("tflite_float16").runtimes]
     for row in rows:
         assert not row["loaded"] and row["error"] and row["median_ms"] is None
