@@ -107,6 +107,9 @@ class GatesConfig(_Section):
         "float16": 0.02,
         "int8": 0.25,
     }
+    # top-1 agreement of each runtime with the first runtime of the format's row, on the same file: two
+    # runtimes running one int8 file may round differently, but should not answer differently
+    min_runtime_agreement: Threshold = 0.98
     max_bytes: dict[str, Annotated[int, Field(ge=1)]] = {}  # per format, file size
     max_arena_bytes: int | None = Field(None, ge=1, description="TFLite-Micro tensor arena, int8 .tflite")
 

@@ -92,7 +92,14 @@ def validation_metrics(report: dict) -> dict[str, float]:
         key = f"{cell['format']}.{cell['runtime'].replace(':', '_')}"
         metrics[f"{key}.loaded"] = float(cell["loaded"])
         metrics[f"{key}.passed"] = float(cell["status"] == "pass")
-        for measure in ("accuracy", "agreement", "max_abs_diff", "arena_bytes"):
+        for measure in (
+            "accuracy",
+            "agreement",
+            "max_abs_diff",
+            "logit_error",
+            "runtime_agreement",
+            "arena_bytes",
+        ):
             if measure in cell:
                 metrics[f"{key}.{measure}"] = cell[measure]
     return metrics

@@ -2,9 +2,10 @@
 its row names, on the test split, against the float Keras model; then the release gates.
 
 A cell records whether the runtime loaded the file (with the runtime's own error text when not), top-1
-accuracy, agreement with the float Keras model and the largest logit difference from the Keras model the
-file was made from. A required cell that loads but disagrees fails its gate like one that cannot load;
-a cell the registry marks as known not to work is reported and never gated.
+accuracy, agreement with the float Keras model, the largest logit difference from the Keras model the
+file was made from, and top-1 agreement with the first runtime of its row on the same file. A required
+cell that loads but disagrees fails its gate like one that cannot load; a cell the registry marks as
+known not to work is reported and never gated.
 """
 
 from __future__ import annotations
@@ -52,9 +53,15 @@ def validate(
     artifacts = {fmt.name: describe_artifact(fmt, export_dir, parameters) for fmt in FORMATS}
     cells, release_pred = [], None
     for fmt in FORMATS:
+        reference = None  # the first runtime of the row that ran the file: the others must answer alike
         for target in fmt.runtimes:
             cell, pred = run_cell(fmt, target, export_dir, x_test, y_test, float_pred, source_logits)
             cell["precision"] = fmt.precision
+            if pred is not None and reference is None:
+                reference = (target.name, pred)
+            elif pred is not None:
+                cell["reference_runtime"] = reference[0]
+                cell["runtime_agreement"] = float(np.mean(pred == reference[1]))
             cells.append(cell)
             if fmt.name == RELEASE_FORMAT and target.runtime == "litert" and pred is not None:
                 release_pred = pred
@@ -155,6 +162,12 @@ def gate_failures(gates: GatesConfig, float_accuracy: float, artifacts: dict, ce
                 f"{where}: max logit difference {error:.4f} of the logit range > "
                 f"gates.max_logit_error.{cell['precision']} {max_error} (it computes a different function "
                 "from the model it was made from)"
+            )
+        same_file = cell.get("runtime_agreement")
+        if same_file is not None and same_file < gates.min_runtime_agreement:
+            failures.append(
+                f"{where}: top-1 agreement {same_file:.4f} with {cell['reference_runtime']} on the same "
+                f"file < gates.min_runtime_agreement {gates.min_runtime_agreement}"
             )
         bar = gates.agreement_for(cell["runtime"])
         if cell["agreement"] < bar:

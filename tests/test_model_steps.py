@@ -222,6 +222,9 @@ def test_validate_reports_every_cell_and_passes_the_gates(project):
     assert all(c["loaded"] and c["status"] == "pass" and 0 <= c["accuracy"] <= 1 for c in required)
     assert report["gates"]["passed"], report["gates"]["failures"]
     assert report["test_images"] == len(load_split(paths.prepared_dir, "test")[1])
+    # Every runtime after the first of its row answered like the first on the same file.
+    assert all(c["runtime_agreement"] >= 0.98 for c in required if "reference_runtime" in c)
+    assert {c["reference_runtime"] for c in required if "reference_runtime" in c} == {"litert", "onnxruntime"}
     arenas = [c["arena_bytes"] for c in required if c["runtime"] == "tflm"]
     assert len(arenas) == 2 and all(a > 0 for a in arenas)
 
@@ -266,6 +269,14 @@ def test_gates_fail_on_drop_disagreement_size_arena_and_load_errors():
         cell("onnx_float32", "opencv_dnn:classic", accuracy=0.96, agreement=0.61),
         cell("onnx_float32", "opencv_dnn:new", accuracy=0.96, agreement=0.61),  # its own bar is 0.5
         cell("tflite_float32", "litert", accuracy=0.96, agreement=0.99, logit_error=0.2),
+        cell(
+            "onnx_int8",
+            "opencv_dnn:classic",
+            accuracy=0.95,
+            agreement=0.99,
+            runtime_agreement=0.9481,
+            reference_runtime="onnxruntime",
+        ),
         {
             "format": "tflite_float32",
             "runtime": "opencv_dnn:classic",
@@ -283,5 +294,7 @@ def test_gates_fail_on_drop_disagreement_size_arena_and_load_errors():
         "onnx_float32 on opencv_dnn:classic: agreement 0.6100 < gates.min_agreement 0.95",
         "tflite_float32 on litert: max logit difference 0.2000 of the logit range > gates.max_logit_error."
         "float32 0.001 (it computes a different function from the model it was made from)",
+        "onnx_int8 on opencv_dnn:classic: top-1 agreement 0.9481 with onnxruntime on the same file < "
+        "gates.min_runtime_agreement 0.98",
         "tflite_float32 on opencv_dnn:classic: could not run (cv2.error: cannot load)",
     ]
