@@ -91,7 +91,17 @@ def _first(values: np.ndarray) -> float:
 def tflm_reported_arena_bytes(path: Path) -> int:
     """What TFLite-Micro's RecordingMicroAllocator reports after one inference ("Arena allocation total").
     A lower bound, not the answer: MobileNetV2 needed 624 bytes more (planner scratch during allocation)."""
-    run = tflm(path, arena_size=TFLM_MEASURE_ARENA)
+    return _tflm_reported_arena_bytes(*_file_key(path))
+
+
+def _file_key(path: Path) -> tuple[str, int]:
+    """Cache key for a measurement of a file: its resolved path and modification time."""
+    return str(Path(path).resolve()), Path(path).stat().st_mtime_ns
+
+
+@functools.lru_cache(maxsize=32)
+def _tflm_reported_arena_bytes(path: str, _mtime_ns: int) -> int:
+    run = tflm(Path(path), arena_size=TFLM_MEASURE_ARENA)
     info = run.interpreter.get_input_details(0)  # type: ignore[attr-defined]
     run(np.zeros((1, *info["shape"][1:]), dtype=np.float32))
     printed = _c_output_of(run.interpreter.print_allocations)  # type: ignore[attr-defined]
@@ -131,7 +141,7 @@ def tflm_arena_bytes(path: Path) -> int:
     """The smallest tensor arena, in 16-byte steps, in which TFLite-Micro allocates and runs the model:
     the number a firmware's `kTensorArenaSize` needs. Searched from the allocator's own report upwards
     (it can be short) and downwards, then bisected."""
-    return _tflm_arena_bytes(str(Path(path).resolve()), Path(path).stat().st_mtime_ns)
+    return _tflm_arena_bytes(*_file_key(path))
 
 
 @functools.lru_cache(maxsize=32)
@@ -142,7 +152,7 @@ def _tflm_arena_bytes(path: str, _mtime_ns: int) -> int:
     # Bracket the answer: `low` does not fit, `high` fits.
     if fits(reported):
         high, gap = reported, step
-        while fits(max(step, reported - gap)) and reported - gap > step:
+        while reported - gap > step and fits(reported - gap):
             high, gap = reported - gap, gap * 2
         low = max(0, reported - gap)
     else:
