@@ -93,13 +93,15 @@ def export_onnx(
     """Write every ONNX format of the registry; returns {format name: file bytes}."""
     info = read_dataset_info(prepared_dir)
     float_proto = to_onnx(load_model(pruned_model), info.input_shape, config.onnx_opset)
+    protos: dict[str, onnx.ModelProto] = {}
     sizes = {}
     for fmt in by_container("onnx"):
-        if fmt.precision == "float32":
+        if fmt.derived_from is None:
             proto = onnx.ModelProto.FromString(float_proto.SerializeToString())
         else:
             calibration = representative_samples(prepared_dir, config.representative_samples)
-            proto = quantize_int8(float_proto, calibration)
+            proto = quantize_int8(protos[fmt.derived_from], calibration)
+        protos[fmt.name] = proto
         del proto.metadata_props[:]
         for key, value in {**info.metadata(), "format": fmt.name}.items():
             proto.metadata_props.add(key=key, value=json.dumps(value))

@@ -38,6 +38,7 @@ class ExportFormat:
     converter: dict = field(hash=False)  # converter options (components.export_tflite / export_onnx)
     runtimes: tuple[RuntimeTarget, ...]
     description: str
+    derived_from: str | None = None  # another format this one is converted from (its source model's file)
 
     def path(self, export_dir: Path) -> Path:
         return Path(export_dir) / self.filename
@@ -136,6 +137,7 @@ FORMATS: tuple[ExportFormat, ...] = (
         },
         (RuntimeTarget("onnxruntime"), *_opencv(new_note=_OPENCV_NEW_INT8)),
         "int8 ONNX (QDQ, U8S8) from the float ONNX: onnxruntime on x86/ARM, OpenCV dnn (classic engine)",
+        derived_from="onnx_float32",
     ),
 )
 
@@ -166,8 +168,8 @@ def registry_markdown() -> str:
         required = ", ".join(_target_doc(t) for t in fmt.runtimes if t.required)
         tried = ", ".join(t.name for t in fmt.runtimes if not t.required) or "-"
         source = {"float": "float model", "pruned": "pruned model", "qat": "pruned QAT model"}[fmt.source]
-        if fmt.name == "onnx_int8":
-            source = "float ONNX (of the pruned model)"
+        if fmt.derived_from:
+            source = f"`{fmt.derived_from}` (of the {source})"
         rows.append(
             f"| `{fmt.name}` | `{fmt.filename}` | {fmt.precision} | {source} | {required} | {tried} |"
         )
