@@ -110,7 +110,7 @@ def load_image(path: Path, image: ImageSpec) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             converted = img.convert("L" if image.channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise EdgepipeError(f"{path}: not a readable image ({exc}). Delete or replace the file.") from None
     resized = converted.resize((image.width, image.height), Image.Resampling.BILINEAR)
     array = np.asarray(resized, dtype=np.uint8)
@@ -121,7 +121,8 @@ def stratified_split(labels: np.ndarray, config: DataConfig, classes: list[str],
     """Deterministic stratified split of indices into train/val/test."""
     split = config.split
     counts = np.bincount(labels, minlength=len(classes))
-    needed = math.ceil(1 / min(split.val_fraction, split.test_fraction)) + 1
+    train_fraction = 1.0 - split.val_fraction - split.test_fraction
+    needed = math.ceil(1 / min(split.val_fraction, split.test_fraction, train_fraction)) + 1
     for label, count in enumerate(counts):
         if count < needed:
             raise EdgepipeError(

@@ -40,6 +40,8 @@ class Registration:
     version: str | None
     new_version: bool  # False when an existing version already held the same bytes
     tracking_uri: str
+    git_tag: str | None = None  # the release's git tag (components.release)
+    champion: str | None = None  # what happened to the champion alias, in words
 
 
 def tracking_uri(root: Path) -> str:
@@ -71,6 +73,39 @@ def existing_version(uri: str, model_name: str, sha256: str) -> str | None:
         if version.tags.get("sha256") == sha256:
             return str(version.version)
     return None
+
+
+def next_version(uri: str, model_name: str) -> int:
+    """The number MLflow will give the next version of this model (callers hold the project lock)."""
+    versions = MlflowClient(uri).search_model_versions(f"name = '{model_name}'")
+    return max((int(v.version) for v in versions), default=0) + 1
+
+
+def promote_champion(uri: str, model_name: str, version: str, alias: str) -> str:
+    """Move `alias` to `version` unless the current holder scored better (`test_accuracy` tag: top-1
+    accuracy of the release file in LiteRT). Records the decision on the version; returns it in words."""
+    client = MlflowClient(uri)
+    new = client.get_model_version(model_name, version)
+    try:
+        current = client.get_model_version_by_alias(model_name, alias)
+    except MlflowException:  # no version holds the alias yet
+        current = None
+    new_score = float(new.tags["test_accuracy"])
+    if current is not None and str(current.version) == str(new.version):
+        return f"{alias} is already version {version}"
+    current_score = float(current.tags.get("test_accuracy", "-inf")) if current is not None else None
+    if current_score is None or new_score >= current_score:
+        client.set_registered_model_alias(model_name, alias, version)
+        was = "" if current is None else f" (was version {current.version}, {current_score:.4f})"
+        decision = f"{alias} -> version {version}: test accuracy {new_score:.4f}{was}"
+    else:
+        decision = (
+            f"{alias} stays on version {current.version}: version {version} scored {new_score:.4f} < "
+            f"{current_score:.4f}"
+        )
+    client.set_model_version_tag(model_name, version, "champion_decision", decision)
+    log.info(decision)
+    return decision
 
 
 def flatten(prefix: str, value: object) -> dict[str, object]:

@@ -29,9 +29,11 @@ class Stage:
     deps: Callable[[ProjectPaths], tuple[Path, ...]]
     outs: Callable[[ProjectPaths], tuple[Path, ...]]
     metrics: Callable[[ProjectPaths], Path]
-    run: Callable[[Params, ProjectPaths], dict]
+    run: Callable[..., dict]  # (params, paths), plus map_fn when fans_out
     # DVC plot files the step writes (not cached), with their `dvc plots` properties
     plots: Callable[[ProjectPaths], dict[Path, dict]] = field(default=lambda p: {})
+    # run() takes `map_fn` for its independent per-format work, which the flow hands to a Prefect task runner
+    fans_out: bool = False
 
     def dep_paths(self, paths: ProjectPaths, params: Params) -> tuple[Path, ...]:
         """Every file or folder whose content decides this step's result, raw data resolved."""
@@ -102,7 +104,7 @@ def _export_onnx(params: Params, paths: ProjectPaths) -> dict:
     return sizes
 
 
-def _validate(params: Params, paths: ProjectPaths) -> dict:
+def _validate(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> dict:
     from components.validate import validate
 
     return validate(
@@ -114,6 +116,7 @@ def _validate(params: Params, paths: ProjectPaths) -> dict:
         paths.export_dir,
         paths.validation_file,
         paths.release_predictions,
+        map_fn,
     )
 
 
@@ -240,6 +243,7 @@ STAGES: tuple[Stage, ...] = (
         outs=lambda p: (),
         metrics=lambda p: p.validation_file,
         run=_validate,
+        fans_out=True,
         plots=lambda p: {
             p.release_predictions: {
                 "template": "confusion",

@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,10 @@ def validate(
     export_dir: Path,
     report_out: Path,
     predictions_out: Path,
+    map_fn: Callable = map,
 ) -> dict:
+    """`map_fn(fn, formats)` runs the per-format work: the built-in `map` in order, or a Prefect task
+    runner's fan-out (flows.pipeline); the results are the same either way, in registry order."""
     x_test, y_test = load_split(prepared_dir, "test")
     keras_float = load_model(float_model)
     source_logits = {
@@ -51,20 +56,19 @@ def validate(
     parameters = int(keras_float.count_params())
 
     artifacts = {fmt.name: describe_artifact(fmt, export_dir, parameters) for fmt in FORMATS}
+    run_format = partial(
+        validate_format,
+        export_dir=export_dir,
+        x_test=x_test,
+        y_test=y_test,
+        float_pred=float_pred,
+        source_logits=source_logits,
+    )
     cells, release_pred = [], None
-    for fmt in FORMATS:
-        reference = None  # the first runtime of the row that ran the file: the others must answer alike
-        for target in fmt.runtimes:
-            cell, pred = run_cell(fmt, target, export_dir, x_test, y_test, float_pred, source_logits)
-            cell["precision"] = fmt.precision
-            if pred is not None and reference is None:
-                reference = (target.name, pred)
-            elif pred is not None:
-                cell["reference_runtime"] = reference[0]
-                cell["runtime_agreement"] = float(np.mean(pred == reference[1]))
-            cells.append(cell)
-            if fmt.name == RELEASE_FORMAT and target.runtime == "litert" and pred is not None:
-                release_pred = pred
+    for fmt, (format_cells, pred) in zip(FORMATS, map_fn(run_format, FORMATS), strict=True):
+        cells += format_cells
+        if fmt.name == RELEASE_FORMAT:
+            release_pred = pred
     failures = gate_failures(gates, float_accuracy, artifacts, cells)
     for cell in cells:
         cell["status"] = cell_status(cell, gates, float_accuracy)
@@ -82,6 +86,31 @@ def validate(
     for failure in failures:
         log.warning("gate failed: %s", failure)
     return report
+
+
+def validate_format(
+    fmt: ExportFormat,
+    export_dir: Path,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    float_pred: np.ndarray,
+    source_logits: dict[str, np.ndarray],
+) -> tuple[list[dict], np.ndarray | None]:
+    """Every runtime target of one format; returns its cells and the LiteRT predictions (for the release
+    format's prediction file)."""
+    cells, reference, litert_pred = [], None, None
+    for target in fmt.runtimes:  # the first runtime that ran the file is the one the others must match
+        cell, pred = run_cell(fmt, target, export_dir, x_test, y_test, float_pred, source_logits)
+        cell["precision"] = fmt.precision
+        if pred is not None and reference is None:
+            reference = (target.name, pred)
+        elif pred is not None:
+            cell["reference_runtime"] = reference[0]
+            cell["runtime_agreement"] = float(np.mean(pred == reference[1]))
+        if target.runtime == "litert" and pred is not None:
+            litert_pred = pred
+        cells.append(cell)
+    return cells, litert_pred
 
 
 def describe_artifact(fmt: ExportFormat, export_dir: Path, parameters: int) -> dict:

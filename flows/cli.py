@@ -71,11 +71,15 @@ def print_results(result: dict) -> None:
     console.print(f"Report: {result['report_file']} (plots beside it)")
     model = f"MLflow model {registration.model_name} version {registration.version}"
     if registration.new_version:
-        console.print(f"Registered {model}")
+        console.print(
+            f"Registered {model}" + (f", git tag {registration.git_tag}" if registration.git_tag else "")
+        )
     elif registration.version:
         console.print(f"{model} already holds these bytes; nothing new registered")
     else:
         console.print("Not registered in MLflow (mlflow.register_model is false in params.yaml)")
+    if registration.champion:
+        console.print(f"Alias {registration.champion}")
     if result["pushed"] is None:
         console.print("DVC: not pushed (--no-push); `dvc push` sends the outputs to the remote")
     elif result["pushed"]:

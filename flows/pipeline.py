@@ -8,8 +8,10 @@ skipped when dvc.lock already records them; each step that ran is recorded in dv
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -22,10 +24,20 @@ from components.formats import FORMATS, RELEASE_FORMAT, get_format
 from components.hashing import file_digest
 from components.paths import ProjectPaths
 from components.prepare import ensure_raw_data
-from components.register import Registration, register
+from components.register import (
+    Registration,
+    check_reachable,
+    existing_version,
+    next_version,
+    promote_champion,
+    register,
+    tracking_uri,
+)
+from components.release import commit_and_tag, delete_tag, release_files, tag_name
 from components.report import to_markdown
 from components.stages import STAGES, get_stage
 from flows.caching import stage_cache_key
+from flows.orchestration import Timeout, project_lock, task_runner_map
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5)
@@ -42,32 +54,61 @@ def run_stage(stage_name: str, params: Params, root: Path, outputs_intact: bool)
 
     Cached by Prefect on the step's inputs (not on `outputs_intact`, see flows.caching). A cache miss whose
     outputs dvc.lock already records for these inputs (e.g. made by `dvc repro`, or with a fresh Prefect
-    home) is not recomputed either.
+    home) is not recomputed either. A step with per-format work fans it out on the configured task runner.
     """
     stage = get_stage(stage_name)
     paths = ProjectPaths(root)
     if outputs_intact:
         get_run_logger().info("%s: dvc.lock already records these inputs and outputs; not re-run", stage_name)
         return read_json(stage.metrics(paths))
-    result = stage.run(params, paths)
+    if stage.fans_out:
+        result = stage.run(params, paths, map_fn=task_runner_map(params.orchestration, stage_name))
+    else:
+        result = stage.run(params, paths)
     versioning.commit_stage(root, stage_name)
     return result
 
 
-@task(name="register", retries=2, retry_delay_seconds=10)
-def register_task(params: Params, root: Path, report: dict, stage_metrics: dict) -> Registration:
+def release_accuracy(report: dict) -> float | None:
+    """Top-1 test accuracy of the release file in LiteRT: what the champion alias compares."""
+    for cell in report["cells"]:
+        if cell["format"] == RELEASE_FORMAT and cell["runtime"] == "litert" and cell.get("loaded"):
+            return cell["accuracy"]
+    return None  # it did not load: the gates have failed
+
+
+@task(name="register")
+def register_task(
+    params: Params, params_file: Path, root: Path, report: dict, stage_metrics: dict
+) -> Registration:
+    """The MLflow run, and for a gate-passing run the release: git commit + tag `<model>@v<N>`, MLflow
+    version N tagged with it, the champion alias. A failure after tagging removes the tag, so a re-run
+    (Prefect's retries, or the user's) registers exactly once."""
     paths = ProjectPaths(root)
-    release = get_format(RELEASE_FORMAT).path(paths.export_dir)
+    uri = tracking_uri(root)
+    check_reachable(uri)  # before touching git: a dead server changes nothing
+    release_file = get_format(RELEASE_FORMAT).path(paths.export_dir)
+    sha256 = file_digest(release_file)
+    version_tags = {
+        "sha256": sha256,
+        "dvc_md5": versioning.locked_md5(root, release_file),
+    }
+    if (accuracy := release_accuracy(report)) is not None:
+        version_tags["test_accuracy"] = f"{accuracy:.6f}"
+    releasing = report["gates"]["passed"] and params.mlflow.register_model
+    git_release = None
+    if releasing and params.release.git_tag and existing_version(uri, params.model.name, sha256) is None:
+        number = next_version(uri, params.model.name)
+        tag = tag_name(params.release.tag_format, params.model.name, number)
+        files = release_files(root, params_file, paths.raw_dir(params.data))
+        git_release = commit_and_tag(root, files, tag, f"Release {tag}: {release_file.name} sha256 {sha256}")
+        version_tags["git_tag"] = git_release.tag
     run_tags = {
         "git_commit": versioning.git_commit(root),
         "params_hash": params.section_digest(*Params.model_fields),
         "prefect_flow_run_id": str(flow_run.id),
     }
-    version_tags = {
-        **run_tags,
-        "sha256": file_digest(release),
-        "dvc_md5": versioning.locked_md5(root, release),
-    }
+    version_tags = {**run_tags, **version_tags}
     files = [fmt.path(paths.export_dir) for fmt in FORMATS] + [paths.reports_dir, paths.mcu_dir]
     files += [stage.metrics(paths) for stage in STAGES] + [paths.train_history, paths.release_predictions]
     mcu = stage_metrics["mcu"]
@@ -78,19 +119,29 @@ def register_task(params: Params, root: Path, report: dict, stage_metrics: dict)
         "mcu.flash_bytes": mcu["flash_bytes"],
         "mcu.openmv_input_error_steps": mcu["openmv_input_error_steps"],
     }
-    return register(
-        params.mlflow,
-        params,
-        root,
-        paths.export_dir,
-        paths.prepared_dir,
-        report,
-        extra,
-        files,
-        run_tags,
-        version_tags,
-        run_name=flow_run.name,
-    )
+    try:
+        registration = register(
+            params.mlflow,
+            params,
+            root,
+            paths.export_dir,
+            paths.prepared_dir,
+            report,
+            extra,
+            files,
+            run_tags,
+            version_tags,
+            run_name=flow_run.name,
+        )
+    except BaseException:
+        if git_release is not None and git_release.created:
+            delete_tag(root, git_release.tag)
+        raise
+    if registration.version is None:
+        return registration
+    released = MlflowClient(uri).get_model_version(params.model.name, registration.version)
+    champion = promote_champion(uri, params.model.name, registration.version, params.release.champion_alias)
+    return replace(registration, git_tag=released.tags.get("git_tag"), champion=champion)
 
 
 @task(name="dvc-push", retries=2, retry_delay_seconds=5)
@@ -100,12 +151,37 @@ def push_task(root: Path) -> int:
 
 @flow(name="edgepipe")
 def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: bool = True) -> dict:
-    """Run every step on the configured data; returns the validation report and where things went."""
+    """Run every step on the configured data; returns the validation report and where things went.
+
+    One run per project at a time (a file lock): concurrent triggers wait instead of interleaving writes
+    to dvc.lock, the DVC cache, git and the registry.
+    """
     logger = get_run_logger()
     root = Path(project_dir).resolve()
-    params = load_params(root / params_path)
+    params_file = root / params_path
+    params = load_params(params_file)
     paths = ProjectPaths(root)
+    lock = project_lock(root, params.orchestration)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("another edgepipe run holds %s; waiting for it to finish", lock.lock_file)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise EdgepipeError(
+                f"another run of this project held {lock.lock_file} for longer than "
+                f"orchestration.lock_timeout_seconds ({params.orchestration.lock_timeout_seconds:g} s)"
+            ) from None
+    try:
+        return _run_pipeline(params, params_file, root, paths, push, logger)
+    finally:
+        lock.release()
 
+
+def _run_pipeline(
+    params: Params, params_file: Path, root: Path, paths: ProjectPaths, push: bool, logger
+) -> dict:
     ingest(params, root)
     results = {}
     for stage in STAGES:
@@ -123,14 +199,19 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
     )
     logger.info("results:\n%s", table)
 
-    registration = register_task(params, root, report, results)
+    register = register_task.with_options(
+        retries=params.mlflow.retries, retry_delay_seconds=params.mlflow.retry_delay_seconds
+    )
     if not report["gates"]["passed"]:
+        registration = register(params, params_file, root, report, results)  # the run, for the record
         raise EdgepipeError(
             "release gates failed, nothing registered or pushed:\n  "
             + "\n  ".join(report["gates"]["failures"])
             + f"\nSee {paths.report_file} and MLflow run {registration.run_id}."
         )
+    # The remote holds the bytes before any registry points at them.
     pushed = push_task(root) if push else None  # None: not asked to push
+    registration = register(params, params_file, root, report, results)
     return {
         "report": report,
         "registration": registration,

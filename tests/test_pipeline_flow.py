@@ -27,7 +27,7 @@ from components import versioning
 from components.dataset import load_split
 from components.formats import FORMATS, RELEASE_FORMAT, get_format
 from components.paths import ProjectPaths
-from conftest import DVC, GIT, make_project_repo, run
+from conftest import DVC, make_project_repo, run
 from flows.pipeline import pipeline
 
 pytestmark = pytest.mark.slow
@@ -202,12 +202,25 @@ def test_dvc_repro_runs_a_stage_through_the_cli_and_reproduces_its_bytes(first_r
     assert versioning.pipeline_status(root) == {}
 
 
+def test_release_is_a_tagged_git_commit_of_the_lock_the_version_points_at(first_run):
+    root = first_run["root"]
+    version = MlflowClient(first_run["uri"]).get_model_version("tiny-patterns", "1")
+    assert version.tags["git_tag"] == "tiny-patterns@v1"
+    tagged = run(["git", "rev-list", "-n", "1", "tiny-patterns@v1"], root).stdout.strip()
+    assert version.tags["git_commit"] == tagged  # the run's commit is the release commit, clean
+    committed = run(["git", "show", "--name-only", "--format=%s", tagged], root).stdout.split()
+    assert {"dvc.lock", "data/raw.dvc", "metrics/validation.json"} <= set(committed)
+    assert (
+        run(["git", "status", "--porcelain", "dvc.lock", "params.yaml", "data", "metrics"], root).stdout == ""
+    )
+    alias = MlflowClient(first_run["uri"]).get_model_version_by_alias("tiny-patterns", "champion")
+    assert str(alias.version) == "1" and "champion -> version 1" in alias.tags["champion_decision"]
+
+
 def test_clone_and_dvc_pull_return_byte_identical_artifacts(first_run):
     root, base = first_run["root"], first_run["base"]
-    run(["git", "add", "-A"], root)
-    run([*GIT, "commit", "-q", "-m", "release"], root)
     clone = base / "clone"
-    run(["git", "clone", "-q", str(root), str(clone)], base)
+    run(["git", "clone", "-q", "--branch", "tiny-patterns@v1", str(root), str(clone)], base)
     assert not (clone / "models").exists()
     run([*DVC, "pull", "-q", "models/export/model_int8.tflite", "models/export/model_float32.onnx"], clone)
     for name in ("model_int8.tflite", "model_float32.onnx"):
