@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install run test lint repro bench mlflow-ui prefect-ui lock clean
+.PHONY: install run serve test lint repro bench mlflow-ui prefect-ui lock clean
 
 # The venv is rebuilt only when the lock file changes. uv installs the exact pinned set.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -22,6 +22,10 @@ install: $(VENV)/.installed
 
 run: install
 	edgepipe run
+
+# Prefect + MLflow servers on 127.0.0.1 and the pipeline served on its schedule and on new data (Ctrl-C stops all).
+serve: install
+	edgepipe serve
 
 test: install
 	$(PY) -m pytest -ra --durations=10

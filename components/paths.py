@@ -81,6 +81,12 @@ class ProjectPaths:
     def mcu_dir(self) -> Path:
         return self.models_dir / "mcu"
 
+    @property
+    def state_dir(self) -> Path:
+        """Local state that is not the user's work (in .gitignore): `edgepipe serve`'s Prefect database and
+        server logs, the data watcher's last announced hash."""
+        return self.root / ".edgepipe"
+
     def rel(self, path: Path) -> str:
         """Path as written in dvc.yaml: relative to the project root, forward slashes."""
         return path.relative_to(self.root).as_posix()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,11 @@ def has_images(raw_dir: Path) -> bool:
 
 def ensure_raw_data(config: DataConfig, raw_dir: Path) -> Path:
     """Make sure raw_dir holds images: write the bundled digits if it is empty and that is allowed."""
+    if raw_dir.exists() and not raw_dir.is_dir():
+        raise EdgepipeError(
+            f"{raw_dir}: is a file, not a folder. Set data.raw_dir in params.yaml to a folder with one "
+            "subfolder per class."
+        )
     if has_images(raw_dir):
         return raw_dir
     if config.bundled_if_empty == "none":
@@ -91,6 +97,14 @@ def scan_image_folder(raw_dir: Path) -> tuple[list[str], list[LabelledImage]]:
                 f"{class_dir}: class folder has no images (.png/.jpg/.jpeg/.bmp). "
                 "Add images or remove the folder."
             )
+        for path in accepted:  # names go into manifest.json and model metadata, which are UTF-8
+            try:
+                path.relative_to(raw_dir).as_posix().encode("utf-8")
+            except UnicodeEncodeError:
+                shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+                raise EdgepipeError(
+                    f"{shown}: the name is not valid UTF-8. Rename it (UTF-8 names such as café are fine)."
+                ) from None
         label = len(classes)
         classes.append(class_dir.name)
         images.extend(LabelledImage(path, label) for path in accepted)
@@ -109,6 +123,8 @@ def load_image(path: Path, image: ImageSpec) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit: keep the top 8 bits, not a clip
+                img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
             converted = img.convert("L" if image.channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise EdgepipeError(f"{path}: not a readable image ({exc}). Delete or replace the file.") from None

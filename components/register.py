@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from unittest.mock import patch  # patch.dict: set env vars for one call, restore after
+from urllib.parse import urlsplit, urlunsplit
 
 import cloudpickle
 import mlflow
@@ -48,6 +49,16 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+def redacted(uri: str) -> str:
+    """A URI fit for messages and logs: user and password (http://user:token@host) replaced by ***."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 # MLflow's HTTP client retries a refused connection 7 times with backoff (about 4 minutes). The probe tries
 # once with a short timeout; the Prefect task's retries are the retry policy.
 _PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -60,9 +71,9 @@ def check_reachable(uri: str) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
     except Exception as exc:
         raise EdgepipeError(
-            f"MLflow tracking store {uri} is not reachable ({type(exc).__name__}). Start the server "
-            "(see README) or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db; the artifacts "
-            "are kept on disk and in DVC, run again to register."
+            f"MLflow tracking store {redacted(uri)} is not reachable ({type(exc).__name__}). Start the "
+            "server (see README) or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db; the "
+            "artifacts are kept on disk and in DVC, run again to register."
         ) from None
 
 

@@ -8,6 +8,7 @@ skipped when dvc.lock already records them; each step that ran is recorded in dv
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +41,27 @@ from flows.caching import stage_cache_key
 from flows.orchestration import Timeout, project_lock, task_runner_map
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=5)
+class HideUserErrorTracebacks(logging.Filter):
+    """Prefect logs a failed task or flow with its traceback. For an EdgepipeError (bad data, bad params,
+    an unreachable server) the message is the whole story: keep the line, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], EdgepipeError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs", "prefect.flow_engine", "prefect.task_engine"):
+    logging.getLogger(_name).addFilter(HideUserErrorTracebacks())
+
+
+def retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry what may pass next time (a busy disk, a flaky remote), not a user's error: that one fails
+    the same way again, so it is reported at once."""
+    return not isinstance(state.result(raise_on_failure=False), EdgepipeError)
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def ingest(params: Params, root: Path) -> str:
     """Make sure there is data (bundled digits when allowed) and record its version with `dvc add`."""
     raw_dir = ensure_raw_data(params.data, ProjectPaths(root).raw_dir(params.data))
@@ -144,7 +165,7 @@ def register_task(
     return replace(registration, git_tag=released.tags.get("git_tag"), champion=champion)
 
 
-@task(name="dvc-push", retries=2, retry_delay_seconds=5)
+@task(name="dvc-push", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def push_task(root: Path) -> int:
     return versioning.push(root)
 
