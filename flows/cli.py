@@ -280,11 +280,13 @@ def serve(
 @user_errors
 def deploy(
     pool: str = typer.Option(None, help="Prefect work pool; default: serve.work_pool in params.yaml"),
+    name: str = typer.Option("edgepipe", help="deployment name (flow edgepipe)"),
     params: Path = typer.Option(Path("params.yaml")),
     project_dir: Path = typer.Option(Path(".")),
 ) -> None:
-    """Register the pipeline deployment (schedule + new-data trigger) on a Prefect work pool; a worker
-    (`prefect worker start --pool NAME`) runs it. Needs PREFECT_API_URL."""
+    """Register the pipeline deployment (schedule + new-data trigger) on a Prefect work pool (a process
+    pool is created if missing); a worker (`prefect worker start --pool NAME`) runs it. Needs
+    PREFECT_API_URL."""
     import os
 
     from components.config import load_params
@@ -295,11 +297,13 @@ def deploy(
         )
     root = project_dir.resolve()
     config = load_params(root / params)
-    from flows.deployment import deploy_to_pool
+    from flows.deployment import deploy_to_pool, ensure_work_pool
 
     pool_name = pool or config.serve.work_pool
-    uuid = deploy_to_pool(config, root, pool_name, str(params))
-    console.print(f"Deployment edgepipe/edgepipe ({uuid}) on work pool {pool_name!r}; start a worker with:")
+    if ensure_work_pool(pool_name):
+        console.print(f"Created process work pool {pool_name!r}")
+    uuid = deploy_to_pool(config, root, pool_name, str(params), name)
+    console.print(f"Deployment edgepipe/{name} ({uuid}) on work pool {pool_name!r}; start a worker with:")
     console.print(f"  prefect worker start --pool {pool_name} --type process")
 
 

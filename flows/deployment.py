@@ -119,15 +119,27 @@ class Watcher(threading.Thread):
                 log.warning("data watcher: %s: %s", type(exc).__name__, exc)
 
 
-def deploy_to_pool(params: Params, root: Path, pool: str, params_path: str = "params.yaml"):
+def ensure_work_pool(pool: str) -> bool:
+    """Create a process work pool of that name if there is none (a docker/kubernetes pool is made with
+    `prefect work-pool create NAME --type docker` first). True when it was created."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+            return False
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            return True
+
+
+def deploy_to_pool(
+    params: Params, root: Path, pool: str, params_path: str = "params.yaml", name: str = DEPLOYMENT_NAME
+):
     """Register the deployment on a work pool (process here; docker/kubernetes pools by configuration):
     a worker started with `prefect worker start --pool <pool>` runs it from the project folder."""
     root = Path(root).resolve()
     source_flow = pipeline.from_source(source=str(root), entrypoint="flows/pipeline.py:pipeline")
-    return source_flow.deploy(
-        work_pool_name=pool,
-        build=False,
-        push=False,
-        print_next_steps=False,
-        **deployment_options(params, root, params_path),
-    )
+    options = {**deployment_options(params, root, params_path), "name": name}
+    return source_flow.deploy(work_pool_name=pool, build=False, push=False, print_next_steps=False, **options)

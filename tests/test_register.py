@@ -59,3 +59,29 @@ def test_params_yaml_has_no_place_for_a_credential():
     every_key = keys(Params)
     assert len(every_key) > 40
     assert not [k for k in every_key if any(w in k.lower() for w in ("password", "secret", "token", "key"))]
+
+
+def test_champion_moves_only_to_a_version_that_is_not_worse(tmp_path):
+    """Real SQLite registry: versions with the `test_accuracy` tag a release carries."""
+    from mlflow.tracking import MlflowClient
+
+    from components.register import next_version, promote_champion
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    assert next_version(uri, "m") == 1
+    client.create_registered_model("m")
+    decisions = []
+    for accuracy in (0.90, 0.85, 0.95, 0.95):
+        version = client.create_model_version(
+            "m", source=str(tmp_path), tags={"test_accuracy": f"{accuracy:.6f}"}
+        ).version
+        decisions.append(promote_champion(uri, "m", str(version), "champion"))
+    assert next_version(uri, "m") == 5
+    assert decisions[0] == "champion -> version 1: test accuracy 0.9000"
+    assert decisions[1] == "champion stays on version 1: version 2 scored 0.8500 < 0.9000"
+    assert decisions[2] == "champion -> version 3: test accuracy 0.9500 (was version 1, 0.9000)"
+    assert decisions[3] == "champion -> version 4: test accuracy 0.9500 (was version 3, 0.9500)"  # not worse
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "4"
+    assert client.get_model_version("m", "2").tags["champion_decision"] == decisions[1]
+    assert promote_champion(uri, "m", "4", "champion") == "champion is already version 4"

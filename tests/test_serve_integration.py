@@ -233,17 +233,72 @@ def test_the_cron_schedule_fires_a_run(served, triggered):
     )
 
 
+def test_the_same_deployment_runs_on_a_process_work_pool(served, triggered):
+    """`edgepipe deploy` registers the deployment on a work pool; a real `prefect worker` runs it."""
+    root, env, prefect_api = served["root"], served["env"], served["prefect_api"]
+    deployed = subprocess.run(
+        [*EDGEPIPE, "deploy", "--pool", "test-pool", "--name", "edgepipe-pool"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "Created process work pool 'test-pool'" in deployed.stdout
+    with urllib.request.urlopen(f"{prefect_api}/deployments/name/edgepipe/edgepipe-pool", timeout=30) as r:
+        deployment = json.loads(r.read())
+    assert deployment["work_pool_name"] == "test-pool"
+    assert deployment["concurrency_limit"] == 1 or deployment.get("global_concurrency_limit")
+    flow_run = api(f"{prefect_api}/deployments/{deployment['id']}/create_flow_run", {})
+    worker = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "worker",
+            "start",
+            "--pool",
+            "test-pool",
+            "--run-once",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+
+    def finished():
+        record = next(r for r in flow_runs(prefect_api) if r["id"] == flow_run["id"])
+        return record if record["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+    final = wait_for(finished, "the work-pool run to finish", served["log"], every=3)
+    assert final["state_type"] == "COMPLETED", worker.stdout[-3000:]
+    versions = MlflowClient(served["mlflow_uri"]).search_model_versions("name = 'tiny-patterns'")
+    assert len(versions) == 1  # same data, same bytes: nothing new
+    print(f"\nwork pool test-pool: run {final['name']} {final['state_type']} (worker --run-once)")
+
+
 def test_ctrl_c_stops_both_servers_and_removes_the_automation(served, triggered):
+    with urllib.request.urlopen(
+        f"{served['prefect_api']}/deployments/name/edgepipe/edgepipe", timeout=30
+    ) as r:
+        served_id = json.loads(r.read())["id"]
     process = served["process"]
     os.kill(process.pid, signal.SIGINT)
     process.wait(timeout=120)
     log = served["log"].read_text()
-    assert "Removed 1 automation(s)" in log, log[-3000:]
+    assert "Removed 1 automation(s) of the served deployment" in log, log[-3000:]
     assert "Stopped prefect server and mlflow server" in log
     assert not any(port_open(port) for port in served["ports"])
     db = served["root"] / ".edgepipe" / "prefect.db"
     with sqlite3.connect(db) as connection:
-        assert connection.execute("select count(*) from automation").fetchone()[0] == 0
+        owned = connection.execute(
+            "select count(*) from automation_related_resource where resource_id = ?",
+            (f"prefect.deployment.{served_id}",),
+        ).fetchone()[0]
+        remaining = connection.execute("select count(*) from automation").fetchone()[0]
+    assert owned == 0
+    assert remaining == 1  # the work-pool deployment's trigger: `edgepipe deploy` made it, not serve
 
 
 def test_data_add_copies_images_and_only_new_content_is_announced(served, triggered, tmp_path):
