@@ -108,7 +108,15 @@ def load_model(path: Path) -> keras.Model:
     if not Path(path).is_file():
         raise EdgepipeError(f"{path}: model file not found. Run the step that makes it first (edgepipe run).")
     with tfmot.quantization.keras.quantize_scope():
-        return keras.models.load_model(path, compile=False, safe_mode=True)
+        try:
+            return keras.models.load_model(path, compile=False, safe_mode=True)
+        except ValueError as exc:
+            if "safe_mode" not in str(exc):
+                raise
+            raise EdgepipeError(
+                f"{path}: refused to load: the file holds Python code (a Lambda layer), which could run "
+                "anything. edgepipe never writes one; replace the file with one the pipeline made."
+            ) from None
 
 
 def sparsity(model: keras.Model) -> float:
