@@ -74,7 +74,8 @@ def push(root: Path, remote: str | None = None) -> int:
     with open_repo(root) as repo:
         try:
             return repo.push(remote=remote)
-        except DvcException as exc:
+        # OSError: a local remote that is a file, read-only or full; DVC passes these through bare.
+        except (DvcException, OSError) as exc:
             raise EdgepipeError(
                 f"DVC push to remote {remote or '(default)'} failed: {exc}. Check `dvc remote list` and that "
                 "the remote is reachable and writable; the local cache is intact, run again to retry."
