@@ -13,6 +13,9 @@ _ENV_DEFAULTS = {
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
+    # Prefect's temporary server (a run without PREFECT_API_URL) gets 20 s to start by default, which a
+    # busy 2-core machine can miss on first use.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 for _key, _value in _ENV_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
