@@ -285,6 +285,8 @@ class Params(_Section):
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate params.yaml. Errors name the file, the dotted key and the fix."""
     path = Path(path)
+    if path.is_dir():
+        raise EdgepipeError(f"{path}: is a folder, not a file. Pass --params PATH/TO/params.yaml.")
     if not path.is_file():
         raise EdgepipeError(f"{path}: file not found. Run from the project folder or pass --params PATH.")
     try:

@@ -331,7 +331,7 @@ CONFIG_CASES = [
     ConfigCase(
         "params-path-is-a-folder",
         lambda path: path.mkdir(),
-        ("params.yaml: file not found.",),
+        ("params.yaml: is a folder, not a file.", "--params"),
     ),
     ConfigCase(
         "invalid-yaml-unclosed-bracket",
