@@ -50,7 +50,7 @@ prefect-ui: install
 
 # Re-resolve requirements.lock from pyproject.toml (then commit both).
 lock: install
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-header -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra dask --python-version 3.11 --no-header -o requirements.lock
 
 clean:
 	rm -rf data/prepared models metrics reports mlruns mlartifacts mlflow.db
