@@ -10,6 +10,7 @@ _ENV_DEFAULTS = {
     "TF_USE_LEGACY_KERAS": "1",  # tfmot rejects Keras 3 models; must be set before `import tensorflow`
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a tqdm bar per download clutters run output
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
