@@ -6,23 +6,19 @@ Input: float32 images (N, H, W, C), normalised as the artifact metadata says. Ou
 
 from __future__ import annotations
 
-import warnings
-
 import mlflow.pyfunc
 import numpy as np
 
 from components.runtimes import litert
 
-# MLflow asks for type hints on `predict` when the class is defined; its type-hint schemas cannot express a
-# 4-D float image tensor, so the signature is logged from an input example instead (register.py).
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
-    class LiteRTClassifier(mlflow.pyfunc.PythonModel):
-        def load_context(self, context) -> None:
-            self._run = litert(context.artifacts["tflite"], threads=1)
+class LiteRTClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        self._run = litert(context.artifacts["tflite"], threads=1)
 
-        def predict(self, context, model_input, params=None) -> np.ndarray:
-            logits = self._run(np.asarray(model_input, dtype=np.float32))
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+    # np.ndarray is a hint MLflow accepts without inferring a schema (it would warn on no hint); the
+    # signature is logged from an input example instead (register.py).
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        logits = self._run(np.asarray(model_input, dtype=np.float32))
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
