@@ -76,6 +76,8 @@ def push(root: Path, remote: str | None = None) -> int:
             return repo.push(remote=remote)
         # OSError: a local remote that is a file, read-only or full; DVC passes these through bare.
         except (DvcException, OSError) as exc:
+            if isinstance(exc, (ConnectionError, TimeoutError)):
+                raise  # network trouble, not the user's: left to the push task's retries
             raise EdgepipeError(
                 f"DVC push to remote {remote or '(default)'} failed: {exc}. Check `dvc remote list` and that "
                 "the remote is reachable and writable; the local cache is intact, run again to retry."
