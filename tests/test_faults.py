@@ -17,17 +17,14 @@ With EDGEPIPE_FAULTS_REPORT=/some/file.md set, the messages and timings measured
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,9 +34,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from components import versioning
+from components.hashing import file_digest
 from components.paths import ProjectPaths
 from components.stages import STAGES
-from conftest import DVC, GIT, make_project_repo, run, write_params
+from conftest import DVC, GIT, free_port, make_project_repo, run, write_params
+from flows.servers import start_mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -158,12 +157,6 @@ def log_time(stderr: str, needle: str) -> str:
 # --- looking at the stores -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def git_tags(root: Path) -> list[str]:
     return run(["git", "tag", "-l", f"{MODEL}@v*"], root).stdout.split()
 
@@ -174,10 +167,6 @@ def git_head(root: Path) -> str:
 
 def model_versions(uri: str) -> list:
     return MlflowClient(uri).search_model_versions(f"name = '{MODEL}'")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def release_file(root: Path) -> Path:
@@ -241,57 +230,6 @@ def assert_complete_model(path: Path) -> None:
         onnx.checker.check_model(onnx.load(str(path)))
     else:
         raise AssertionError(f"unexpected file in the export folder: {path.name}")
-
-
-# --- a real MLflow server ------------------------------------------------------------------------------
-
-
-def start_mlflow_server(port: int, base: Path) -> subprocess.Popen:
-    log_file = base / "mlflow-server.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(VENV_BIN / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{base / 'mlflow-server.db'}",
-                "--artifacts-destination",
-                str(base / "mlartifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            cwd=base,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"mlflow server exited ({process.returncode}); see {log_file}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return process
-        time.sleep(0.5)
-    stop_server(process)
-    raise AssertionError(f"mlflow server did not answer /health within 120 s; see {log_file}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (uvicorn, the job runners), SIGKILL what is left."""
-    kill_group(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    kill_group(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 # --- what was measured, for the closing note -----------------------------------------------------------
@@ -395,7 +333,9 @@ def test_when_the_server_is_back_the_next_run_registers_exactly_once(outage, pre
     env = cli_env(prefect_home, uri)
     scenario = "1 MLflow server down, then back"
     started = time.monotonic()
-    server = start_mlflow_server(outage.port, outage.base)
+    # the same server `edgepipe serve` starts (flows.servers), on the port the failed run was pointed at
+    server = start_mlflow_server("127.0.0.1", outage.port, outage.base, outage.base)
+    server.wait_ready()
     note(scenario, f"real `mlflow server` answered /health after {time.monotonic() - started:.1f} s")
     try:
         client = MlflowClient(uri)
@@ -410,7 +350,7 @@ def test_when_the_server_is_back_the_next_run_registers_exactly_once(outage, pre
         version = versions[0]
         assert str(version.version) == "1"
         assert version.tags["git_tag"] == FIRST_TAG
-        assert version.tags["sha256"] == sha256(release_file(root))
+        assert version.tags["sha256"] == file_digest(release_file(root))
         assert git_tags(root) == [FIRST_TAG]
         tagged = run(["git", "rev-list", "-n", "1", FIRST_TAG], root).stdout.strip()
         assert version.tags["git_commit"] == tagged == git_head(root)
@@ -427,8 +367,8 @@ def test_when_the_server_is_back_the_next_run_registers_exactly_once(outage, pre
         assert git_tags(root) == [FIRST_TAG] and git_head(root) == head
         assert versioning.pipeline_status(root) == {}
     finally:
-        stop_server(server)
-    assert live_group_members(server.pid) == []
+        server.stop()
+    assert live_group_members(server.process.pid) == []
 
 
 # --- 2. DVC remote missing or unwritable ---------------------------------------------------------------

@@ -25,18 +25,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import DVC, GIT, make_project_repo, pattern_image, run, write_params
+from conftest import DVC, GIT, free_port, make_project_repo, pattern_image, run, write_params
 
 pytestmark = pytest.mark.slow
 
 EDGEPIPE = [sys.executable, "-m", "flows.cli"]
 TIMEOUT = 900  # seconds for any one wait; a run takes about a minute here
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
