@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install run serve test lint repro bench mlflow-ui prefect-ui lock clean
+.PHONY: install run serve test test-serve-stop lint repro bench mlflow-ui prefect-ui lock clean
 
 # The venv is rebuilt only when the lock file changes. uv installs the exact pinned set.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -29,6 +29,10 @@ serve: install
 
 test: install
 	$(PY) -m pytest -ra --durations=10
+
+# The Ctrl-C-with-a-run-in-flight scenario of edgepipe serve, 10 times (every 2nd under CPU load).
+test-serve-stop: install
+	SERVE_STOP_REPEATS=10 $(PY) -m pytest -s tests/test_serve_shutdown.py -k ctrl_c_with
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -214,6 +214,9 @@ class ServeConfig(_Section):
     prefect_port: int = Field(4200, ge=1, le=65_535)
     mlflow_port: int = Field(5000, ge=1, le=65_535)
     work_pool: str = Field("edgepipe", min_length=1, description="`edgepipe deploy --pool` default")
+    stop_timeout_seconds: float = Field(
+        30.0, ge=1, le=600, description="Ctrl-C/SIGTERM: everything stopped within this, else killed"
+    )
 
     @field_validator("cron")
     @classmethod

@@ -81,6 +81,11 @@ class DataWatch:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         write_json(self.state_file, state)
 
+    def forget_announcement(self) -> None:
+        """The announced data was not processed (its runs were cancelled): the next check reports a change.
+        An empty hash, not a missing entry, which would make the next start take the data as its baseline."""
+        self.mark_announced(DataChange(self.raw_dir, "", 0, None))
+
 
 def project_data_watch(paths: ProjectPaths, data: DataConfig) -> DataWatch:
     """The watch of a project's data folder, its state in the project's .edgepipe/ folder."""

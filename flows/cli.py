@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from pathlib import Path
 
@@ -207,73 +206,30 @@ def serve(
 ) -> None:
     """Start a Prefect server and an MLflow server on this machine and serve the pipeline: on the cron
     schedule, and whenever the data folder's content changes. Ctrl-C stops everything it started."""
-    import os
-
     from components.config import load_params
-    from flows.servers import start_mlflow_server, start_prefect_server
+    from flows.serve import serve as serve_until_stopped
 
     root = project_dir.resolve()
     config = load_params(root / params)
     host = config.serve.host
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(
-            f"[yellow]serve.host is {host}: the servers have no authentication; anyone who can "
+            f"[yellow]serve.host is {escape(host)}: the servers have no authentication; anyone who can "
             "reach this address can read and change runs and models.[/]"
         )
-    servers = []
-    watcher = None
-    state_dir = ProjectPaths(root).state_dir
-    try:
-        prefect_server = start_prefect_server(host, prefect_port or config.serve.prefect_port, state_dir)
-        servers.append(prefect_server)
-        mlflow_port = mlflow_port or config.serve.mlflow_port
-        mlflow_server = start_mlflow_server(host, mlflow_port, root, state_dir / "logs")
-        servers.append(mlflow_server)
-        for server in servers:
-            server.wait_ready()
-        # Prefect reads its settings when first imported: point it at the server before that.
-        assert "prefect" not in sys.modules, "prefect imported before PREFECT_API_URL was set"
-        os.environ["PREFECT_API_URL"] = prefect_server.url
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow_server.url
-        from prefect import serve as prefect_serve
 
-        from components.datawatch import project_data_watch
-        from flows.deployment import Watcher, build_deployment, deployment_id
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
 
-        watch = project_data_watch(ProjectPaths(root), config.data)
-        if watch.check().previous is None:  # first start: today's data is the baseline, not news
-            watch.mark_announced(watch.check())
-        watcher = Watcher(watch, config.serve.watch_seconds)
-        # Prefect's logging setup prints it (with the servers' and runs' lines); INFO says what it saw
-        logging.getLogger("edgepipe.serve").setLevel(logging.INFO)
-        deployment = build_deployment(config, root, str(params))
-        console.print(
-            f"Prefect UI: {prefect_server.url.removesuffix('/api')}   MLflow UI: {mlflow_server.url}"
-        )
-        console.print(
-            f"Schedule: {config.serve.cron or 'none'} ({config.serve.timezone}); new data: {watch.raw_dir} "
-            f"checked every {config.serve.watch_seconds:g} s (or `edgepipe data add/check`)"
-        )
-        console.print(f"Server logs and state: {state_dir}. Ctrl-C stops the servers.")
-        watcher.start()
-        prefect_serve(deployment, print_starting_message=True)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if watcher is not None:
-            watcher.stopped.set()
-        if servers and servers[0].process.poll() is None and "PREFECT_API_URL" in os.environ:
-            try:
-                from flows.deployment import remove_automations
-
-                removed = remove_automations(deployment_id())
-                console.print(f"Removed {removed} automation(s) of the served deployment")
-            except Exception as exc:  # the servers still have to stop
-                err_console.print(f"could not remove the deployment's automations: {escape(str(exc))}")
-        for server in reversed(servers):
-            server.stop()
-        if servers:
-            console.print("Stopped " + " and ".join(server.name for server in servers))
+    code = serve_until_stopped(
+        config,
+        root,
+        str(params),
+        prefect_port or config.serve.prefect_port,
+        mlflow_port or config.serve.mlflow_port,
+        say,
+    )
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -81,19 +81,6 @@ def build_deployment(params: Params, root: Path, params_path: str = "params.yaml
     return pipeline.to_deployment(**deployment_options(params, root, params_path))
 
 
-def remove_automations(deployment_id) -> int:
-    """Delete the trigger automations Prefect created for the deployment (they outlive `serve`)."""
-    with get_client(sync_client=True) as client:
-        owned = client.read_resource_related_automations(f"prefect.deployment.{deployment_id}")
-        client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
-    return len(owned)
-
-
-def deployment_id(name: str = f"edgepipe/{DEPLOYMENT_NAME}"):
-    with get_client(sync_client=True) as client:
-        return client.read_deployment_by_name(name).id
-
-
 class Watcher(threading.Thread):
     """Polls the data folder every `serve.watch_seconds` and emits the event when its content changed."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+from components.atomic import read_json, write_json
 from components.errors import EdgepipeError
+
+SERVERS_FILE = "servers.json"  # in .edgepipe/: what the running `edgepipe serve` started
 
 
 @dataclass
@@ -22,8 +28,9 @@ class Server:
     name: str
     url: str  # what clients use: PREFECT_API_URL / MLFLOW_TRACKING_URI
     health_url: str
-    process: subprocess.Popen
+    process: subprocess.Popen  # the supervisor (flows.supervisor); its process group holds the server
     log_file: Path
+    port: int = 0
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -40,25 +47,158 @@ class Server:
             except OSError:
                 pass
             time.sleep(0.5)
-        self.stop()
+        stop_servers([self], timeout=20)
         raise EdgepipeError(
             f"{self.name} did not answer {self.health_url} within {timeout:.0f} s; see {self.log_file}"
         )
 
+    def kill(self) -> None:
+        """SIGKILL to the supervisor's whole process group and every process below it, at once."""
+        for proc in _tree(self.process.pid):
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to the server's process group (servers spawn workers), then SIGKILL if it lingers."""
-        if self.process.poll() is not None:
+        stop_servers([self], timeout)
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_servers(servers: list[Server], timeout: float = 20.0) -> list[str]:
+    """Stop all servers at once: SIGTERM to each supervisor (it stops its server's tree, SIGKILL after its
+    grace), then SIGKILL to whatever still runs after `timeout`. Returns the names that had to be killed."""
+    running = [s for s in servers if s.process.poll() is None]
+    for server in running:
+        try:
+            server.process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    killed = []
+    for server in running:
+        try:
+            server.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            killed.append(server.name)
+        server.kill()  # also catches anything of its group that outlived the supervisor
+    return killed
+
+
+def record_servers(state_dir: Path, servers: list[Server]) -> None:
+    """Write .edgepipe/servers.json: the next `edgepipe serve` clears what a dead one left behind."""
+    me = psutil.Process()
+    entries = []
+    for server in servers:
+        try:
+            started = psutil.Process(server.process.pid).create_time()
+        except psutil.NoSuchProcess:
+            continue
+        entries.append(
+            {"name": server.name, "port": server.port, "pgid": server.process.pid, "started": started}
+        )
+    write_json(
+        state_dir / SERVERS_FILE, {"serve_pid": me.pid, "serve_started": me.create_time(), "servers": entries}
+    )
+
+
+def forget_servers(state_dir: Path) -> None:
+    (state_dir / SERVERS_FILE).unlink(missing_ok=True)
+
+
+def _same_process(pid: int, started: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def clear_stale_servers(state_dir: Path) -> list[str]:
+    """Stop the servers an earlier `edgepipe serve` of this project left running (it was killed before it
+    could stop them). Fails if that serve is still alive. Returns what was stopped, for the console."""
+    record_file = state_dir / SERVERS_FILE
+    if not record_file.is_file():
+        return []
+    try:
+        record = read_json(record_file)
+    except (OSError, ValueError):
+        record_file.unlink(missing_ok=True)
+        return []
+    if record.get("serve_pid") != os.getpid() and _same_process(
+        record.get("serve_pid", -1), record.get("serve_started", 0)
+    ):
+        raise EdgepipeError(
+            f"edgepipe serve is already running for this project (pid {record['serve_pid']}); stop it "
+            f"first (Ctrl-C in its terminal, or `kill {record['serve_pid']}`)."
+        )
+    stopped = []
+    for entry in record.get("servers", []):
+        members = [p for p in psutil.process_iter() if _pgid(p.pid) == entry["pgid"]]
+        if not members:
+            continue
+        for proc in members:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(members, timeout=10)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        stopped.append(f"{entry['name']} on port {entry['port']} ({len(members)} processes)")
+    record_file.unlink(missing_ok=True)
+    return stopped
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def check_port_free(host: str, port: int, option: str) -> None:
+    """A clear error naming the program that holds the port, instead of a server that dies on start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(timeout=timeout)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        except OSError:
+            pass
+    holder = "another program"
+    try:
+        for conn in psutil.net_connections("inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                proc = psutil.Process(conn.pid)
+                holder = f"pid {conn.pid} ({' '.join(proc.cmdline()[:4])})"
+                break
+    except (psutil.Error, OSError):
+        pass
+    raise EdgepipeError(
+        f"port {port} on {host} is in use by {holder}; stop it, or choose another port "
+        f"({option} or serve.{option.removeprefix('--').replace('-', '_')} in params.yaml)."
+    )
 
 
 def _executable(name: str) -> str:
@@ -70,18 +210,33 @@ def _executable(name: str) -> str:
     return found
 
 
-def _start(name: str, cmd: list[str], env: dict, log_file: Path, url: str, health_url: str) -> Server:
+def _start(
+    name: str, cmd: list[str], env: dict, log_file: Path, url: str, health_url: str, port: int
+) -> Server:
+    """The server under a supervisor in a session of its own: a terminal's Ctrl-C reaches serve only, which
+    stops the servers in order; the supervisor stops them if serve dies without doing so."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    supervised = [
+        sys.executable,
+        "-m",
+        "flows.supervisor",
+        "--parent",
+        str(os.getpid()),
+        "--grace",
+        "10",
+        "--",
+    ]
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
-            cmd,
+            [*supervised, *cmd],
+            cwd=Path(__file__).resolve().parents[1],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    return Server(name, url, health_url, process, log_file)
+    return Server(name, url, health_url, process, log_file, port)
 
 
 def start_prefect_server(host: str, port: int, state_dir: Path) -> Server:
@@ -93,12 +248,15 @@ def start_prefect_server(host: str, port: int, state_dir: Path) -> Server:
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{state_dir / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true"),
+        # The UI calls the API at this URL; without it the UI calls :4200 whatever port the server has.
+        "PREFECT_UI_API_URL": os.environ.get("PREFECT_UI_API_URL")
+        or f"http://{_public_host(host)}:{port}/api",
     }
     env.pop("PREFECT_API_URL", None)
     cmd = [_executable("prefect"), "server", "start", "--host", host, "--port", str(port)]
     base = f"http://{host}:{port}"
     log_file = state_dir / "logs" / "prefect-server.log"
-    return _start("prefect server", cmd, env, log_file, f"{base}/api", f"{base}/api/health")
+    return _start("prefect server", cmd, env, log_file, f"{base}/api", f"{base}/api/health", port)
 
 
 def start_mlflow_server(host: str, port: int, root: Path, log_dir: Path) -> Server:
@@ -120,4 +278,9 @@ def start_mlflow_server(host: str, port: int, root: Path, log_dir: Path) -> Serv
     ]
     base = f"http://{host}:{port}"
     log_file = log_dir / "mlflow-server.log"
-    return _start("mlflow server", cmd, dict(os.environ), log_file, base, f"{base}/health")
+    return _start("mlflow server", cmd, dict(os.environ), log_file, base, f"{base}/health", port)
+
+
+def _public_host(host: str) -> str:
+    """The address a browser uses: the bind address, or this machine's name for a wildcard bind."""
+    return socket.gethostname() if host in ("0.0.0.0", "::", "") else host

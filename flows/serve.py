@@ -1,0 +1,340 @@
+"""`edgepipe serve`'s lifecycle: start the servers, serve the deployment, and stop everything in a bounded
+time on Ctrl-C, SIGTERM or SIGHUP.
+
+Why not `prefect.serve()`: it catches the KeyboardInterrupt itself and then leaves its runner through the
+exit path that waits for every in-flight flow run to finish (the run's process is joined in a thread that
+cancellation cannot interrupt), so a Ctrl-C during a run waited for the whole run, while the data watcher
+went on emitting events. Here the runner runs in a thread of its own and is stopped with `Runner.astop()`,
+Prefect's own stop: it cancels in-flight runs (their state: Cancelled, with the reason) before it returns.
+
+Shutdown order (each step bounded; the whole within `serve.stop_timeout_seconds`): watcher stopped ->
+deployment paused and its trigger automation removed (no new runs) -> runner stopped (in-flight runs
+cancelled) -> queued runs cancelled -> both servers stopped at once. A second signal, or the bound running
+out, kills every process group at once and says which steps did not finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from components.config import Params
+from components.paths import ProjectPaths
+from flows.servers import (
+    Server,
+    check_port_free,
+    clear_stale_servers,
+    forget_servers,
+    record_servers,
+    start_mlflow_server,
+    start_prefect_server,
+    stop_servers,
+)
+
+log = logging.getLogger("edgepipe.serve")
+CANCEL_REASON = "edgepipe serve was stopped"
+
+
+class Shutdown:
+    """Signal handling and the hard stop. First signal: while starting, KeyboardInterrupt; while serving,
+    `requested` is set. A further signal, or the deadline once stopping began, is the hard stop."""
+
+    def __init__(self, bound: float, say: Callable[[str], None]):
+        self.bound, self.say = bound, say
+        self.requested = threading.Event()
+        self.serving = False
+        self.stopping = False
+        self.pending: list[str] = []  # cleanup steps not yet done, named for the user
+        self.servers: list[Server] = []
+        self._timer: threading.Timer | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stopping:
+            self.hard_stop(f"second {signal.Signals(signum).name}", 130)
+        if self.serving:
+            self.begin()
+            self.requested.set()
+        else:
+            self.begin()
+            raise KeyboardInterrupt
+
+    def begin(self) -> None:
+        """Stopping starts now; the bound runs from here."""
+        if not self.stopping:
+            self.stopping = True
+            self._timer = threading.Timer(
+                self.bound, self.hard_stop, (f"the {self.bound:g} s shutdown bound ran out", 1)
+            )
+            self._timer.daemon = True
+            self._timer.start()
+
+    def step_done(self, step: str) -> None:
+        if step in self.pending:
+            self.pending.remove(step)
+
+    def finish(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def hard_stop(self, why: str, code: int) -> None:
+        """Kill every process serve started, at once, and exit."""
+        for server in self.servers:
+            server.kill()
+        kill_descendants()
+        left = "; ".join(self.pending) or "nothing"
+        self.say(f"edgepipe serve: {why}: killed all its processes. Not cleaned up: {left}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def kill_descendants(except_pids: set[int] = frozenset(), grace: float = 0.0) -> int:
+    """Flow-run processes (and what they spawned) still below this process; not the trees of the children
+    in `except_pids` (the servers' supervisors)."""
+    procs = []
+    for child in psutil.Process().children():
+        if child.pid not in except_pids:
+            try:
+                procs += [child, *child.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+    if grace:
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, procs = psutil.wait_procs(procs, timeout=grace)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+    return len(procs)
+
+
+class RunnerThread(threading.Thread):
+    """Prefect's Runner with the served deployment, on an event loop of its own."""
+
+    def __init__(self, deployment):
+        super().__init__(name="edgepipe-runner", daemon=True)
+        from prefect.runner import Runner
+
+        self.deployment = deployment
+        self.runner = Runner(name="edgepipe-serve", pause_on_shutdown=False)
+        self.ready = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        async def main():
+            self.loop = asyncio.get_running_loop()
+            self.deployment_id = await self.runner.aadd_deployment(self.deployment)
+            self.ready.set()
+            await self.runner.start()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+            self.ready.set()
+
+    def stop(self, timeout: float) -> bool:
+        """Runner.astop(): in-flight runs cancelled (process killed, state Cancelled), loops ended."""
+        if self.loop is not None and self.is_alive():
+            future = asyncio.run_coroutine_threadsafe(self.runner.astop(), self.loop)
+            future.result(timeout=timeout)
+        self.join(timeout)
+        return not self.is_alive()
+
+
+def _short_api_calls():
+    """Prefect client calls during shutdown: no retries, short timeouts (the default retries for minutes)."""
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    # Two retries: the SQLite-backed server answers 503 now and then while a cancelled run writes its state.
+    return temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 2, PREFECT_API_REQUEST_TIMEOUT: 5})
+
+
+def drain_prefect_workers() -> None:
+    """Send the logs and events still queued while the server is up (else they fail loudly at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=3)
+        except Exception:  # noqa: BLE001  (best effort: the servers stop next either way)
+            pass
+
+
+def pause_and_remove_trigger(deployment_id) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.pause_deployment(deployment_id)
+        owned = client.read_resource_related_automations(f"prefect.deployment.{deployment_id}")
+        client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+    return len(owned)
+
+
+def open_runs(deployment_id) -> list:
+    """The deployment's runs that are queued (waiting for the concurrency slot), pending or running."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    open_states = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=open_states))
+            ),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        )
+
+
+def cancel_unfinished_runs(deployment_id) -> int:
+    """What is still open once the runner stopped: Cancelled with the reason, none left Late or Running."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    runs = open_runs(deployment_id)
+    with get_client(sync_client=True) as client:
+        for flow_run in runs:
+            message = f"{CANCEL_REASON} before this run {'ended' if flow_run.start_time else 'started'}"
+            client.set_flow_run_state(flow_run.id, Cancelled(message=message), force=True)
+    return len(runs)
+
+
+def serve(config: Params, root: Path, params_path: str, prefect_port: int, mlflow_port: int, say) -> int:
+    """Serve until a signal; returns the exit code (0 after a clean stop)."""
+    started_stopping = 0.0
+    shutdown = Shutdown(config.serve.stop_timeout_seconds, say)
+    shutdown.install()
+    state_dir = ProjectPaths(root).state_dir
+    host = config.serve.host
+    watcher = runner = None
+    deployment_id = None
+    watch = None
+    try:
+        for what in clear_stale_servers(state_dir):
+            say(f"Stopped a stale {what} left by an earlier edgepipe serve of this project")
+        check_port_free(host, prefect_port, "--prefect-port")
+        check_port_free(host, mlflow_port, "--mlflow-port")
+        shutdown.pending.append("stop the servers")
+        shutdown.servers.append(start_prefect_server(host, prefect_port, state_dir))
+        shutdown.servers.append(start_mlflow_server(host, mlflow_port, root, state_dir / "logs"))
+        record_servers(state_dir, shutdown.servers)
+        for server in shutdown.servers:
+            server.wait_ready()
+        prefect_server, mlflow_server = shutdown.servers
+        # Prefect reads its settings when first imported: point it at the server before that.
+        assert "prefect" not in sys.modules, "prefect imported before PREFECT_API_URL was set"
+        os.environ["PREFECT_API_URL"] = prefect_server.url
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_server.url
+
+        from components.datawatch import project_data_watch
+        from flows.deployment import Watcher, build_deployment
+
+        watch = project_data_watch(ProjectPaths(root), config.data)
+        if watch.check().previous is None:  # first start: today's data is the baseline, not news
+            watch.mark_announced(watch.check())
+        logging.getLogger("edgepipe.serve").setLevel(logging.INFO)
+        runner = RunnerThread(build_deployment(config, root, params_path))
+        shutdown.pending.append("pause the deployment and remove its trigger automation")
+        runner.start()
+        runner.ready.wait()
+        if runner.error is not None:
+            raise runner.error
+        deployment_id = runner.deployment_id
+        watcher = Watcher(watch, config.serve.watch_seconds)
+        shutdown.pending.append("stop the data watcher")
+        watcher.start()
+        say(f"Prefect UI: {prefect_server.url.removesuffix('/api')}   MLflow UI: {mlflow_server.url}")
+        say(
+            f"Schedule: {config.serve.cron or 'none'} ({config.serve.timezone}); new data: {watch.raw_dir} "
+            f"checked every {config.serve.watch_seconds:g} s (or `edgepipe data add/check`)"
+        )
+        say(f"Server logs and state: {state_dir}. Ctrl-C stops the servers.")
+        shutdown.serving = True
+        while not shutdown.requested.wait(1.0):
+            if not runner.is_alive():
+                say(f"the Prefect runner stopped: {runner.error!r}")
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown.serving = False
+        shutdown.begin()
+        started_stopping = time.monotonic()
+        if watcher is not None:
+            watcher.stopped.set()
+            watcher.join(5)
+            shutdown.step_done("stop the data watcher")
+        if deployment_id is not None:
+            with _short_api_calls():
+                try:
+                    removed = pause_and_remove_trigger(deployment_id)
+                    say(f"Paused the deployment. Removed {removed} automation(s) of the served deployment")
+                    shutdown.step_done("pause the deployment and remove its trigger automation")
+                except Exception as exc:  # the servers still have to stop
+                    say(f"could not pause the deployment or remove its automations: {exc}")
+                shutdown.pending.append("cancel in-flight and queued runs")
+                try:
+                    in_flight = len(open_runs(deployment_id))
+                except Exception:
+                    in_flight = 1  # unknown: assume a run was cut short
+                try:
+                    runner.stop(timeout=max(1.0, shutdown.bound / 2))
+                except Exception as exc:
+                    say(f"the Prefect runner did not stop cleanly: {type(exc).__name__}: {exc}")
+                killed = kill_descendants({s.process.pid for s in shutdown.servers}, grace=3)
+                if killed:
+                    say(f"Killed {killed} flow-run process(es) that outlived the runner")
+                try:
+                    cancel_unfinished_runs(deployment_id)
+                    shutdown.step_done("cancel in-flight and queued runs")
+                except Exception as exc:
+                    say(f"could not cancel the queued runs: {exc}")
+                drain_prefect_workers()
+            if in_flight and watch is not None:
+                # Those runs never released the data they were triggered for: announce it again next start.
+                watch.forget_announcement()
+                say(
+                    f"Cancelled {in_flight} unfinished run(s); the next `edgepipe serve` runs the pipeline "
+                    "on the current data"
+                )
+        killed = stop_servers(shutdown.servers, timeout=max(1.0, shutdown.bound - 5))
+        if killed:
+            say(f"{' and '.join(killed)} did not stop on SIGTERM: killed")
+        forget_servers(state_dir)
+        shutdown.step_done("stop the servers")
+        shutdown.finish()
+        if shutdown.servers:
+            say(
+                "Stopped "
+                + " and ".join(server.name for server in shutdown.servers)
+                + f" in {time.monotonic() - started_stopping:.1f} s"
+            )
+    return 0
