@@ -214,7 +214,7 @@ def open_runs(deployment_id) -> list:
         )
 
 
-def cancel_unfinished_runs(deployment_id) -> int:
+def cancel_unfinished_runs(deployment_id) -> set:
     """What is still open once the runner stopped: Cancelled with the reason, none left Late or Running."""
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled
@@ -224,7 +224,7 @@ def cancel_unfinished_runs(deployment_id) -> int:
         for flow_run in runs:
             message = f"{CANCEL_REASON} before this run {'ended' if flow_run.start_time else 'started'}"
             client.set_flow_run_state(flow_run.id, Cancelled(message=message), force=True)
-    return len(runs)
+    return {flow_run.id for flow_run in runs}
 
 
 def serve(config: Params, root: Path, params_path: str, prefect_port: int, mlflow_port: int, say) -> int:
@@ -302,9 +302,9 @@ def serve(config: Params, root: Path, params_path: str, prefect_port: int, mlflo
                     say(f"could not pause the deployment or remove its automations: {exc}")
                 shutdown.pending.append("cancel in-flight and queued runs")
                 try:
-                    in_flight = len(open_runs(deployment_id))
+                    unfinished = {flow_run.id for flow_run in open_runs(deployment_id)}
                 except Exception:
-                    in_flight = 1  # unknown: assume a run was cut short
+                    unfinished = {None}  # unknown: assume a run was cut short
                 try:
                     runner.stop(timeout=max(1.0, shutdown.bound / 2))
                 except Exception as exc:
@@ -313,11 +313,12 @@ def serve(config: Params, root: Path, params_path: str, prefect_port: int, mlflo
                 if killed:
                     say(f"Killed {killed} flow-run process(es) that outlived the runner")
                 try:
-                    cancel_unfinished_runs(deployment_id)
+                    unfinished |= cancel_unfinished_runs(deployment_id)
                     shutdown.step_done("cancel in-flight and queued runs")
                 except Exception as exc:
                     say(f"could not cancel the queued runs: {exc}")
                 drain_prefect_workers()
+            in_flight = len(unfinished - {None}) or len(unfinished)
             if in_flight and watch is not None:
                 # Those runs never released the data they were triggered for: announce it again next start.
                 watch.forget_announcement()

@@ -197,8 +197,15 @@ def test_ctrl_c_with_a_run_in_flight_and_one_queued_stops_everything_in_bounded_
         if attempt == 0:  # the UI is told the API on the server's real port, not :4200
             settings = api(f"http://127.0.0.1:{serve.ports[0]}/ui-settings", method="GET")
             assert settings["api_url"] == serve.api
-        in_flight, queued = serve.create_run(), serve.create_run()
-        wait_for(lambda s=serve, r=in_flight: s.run_state(r["id"])["state_type"] == "RUNNING", "run", log)
+        first, second = serve.create_run(), serve.create_run()
+
+        def one_running(s=serve, a=first, b=second):
+            """Which run got the concurrency slot is Prefect's choice: the other one is queued."""
+            states = {r["id"]: s.run_state(r["id"])["state_type"] for r in (a, b)}
+            running = [r for r in (a, b) if states[r["id"]] == "RUNNING"]
+            return (running[0], b if running[0] is a else a) if running else None
+
+        in_flight, queued = wait_for(one_running, "a run to start", log)
         time.sleep(attempt % 4 * 2.0)  # stop at different points of the run
         if attempt % 2 == 1:  # both cores busy in another process while it stops
             load = [multiprocessing.Process(target=busy, args=(BOUND + 10,)) for _ in range(2)]
@@ -215,7 +222,7 @@ def test_ctrl_c_with_a_run_in_flight_and_one_queued_stops_everything_in_bounded_
                 proc.terminate()
             load = None
         # Ours, and (after the first attempt) the run the restarted watcher starts for the data again.
-        assert re.search(r"Cancelled [23] unfinished run\(s\)", log.read_text())
+        assert re.search(r"Cancelled [23] unfinished run\(s\)", log.read_text()), log.read_text()[-3000:]
         seen = recorded(project, [in_flight["id"], queued["id"]])
         assert [state for state, _ in seen["states"].values()] == ["CANCELLED", "CANCELLED"], seen
         assert all(message for _, message in seen["states"].values()), seen
