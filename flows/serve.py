@@ -39,6 +39,7 @@ from flows.servers import (
     start_prefect_server,
     stop_servers,
 )
+from flows.supervisor import terminate_then_kill
 
 log = logging.getLogger("edgepipe.serve")
 CANCEL_REASON = "edgepipe serve was stopped"
@@ -111,20 +112,7 @@ def kill_descendants(except_pids: set[int] = frozenset(), grace: float = 0.0) ->
                 procs += [child, *child.children(recursive=True)]
             except psutil.NoSuchProcess:
                 pass
-    if grace:
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, procs = psutil.wait_procs(procs, timeout=grace)
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=5)
-    return len(procs)
+    return len(terminate_then_kill(procs, grace))
 
 
 class RunnerThread(threading.Thread):

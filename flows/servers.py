@@ -19,6 +19,7 @@ import psutil
 
 from components.atomic import read_json, write_json
 from components.errors import EdgepipeError
+from flows.supervisor import terminate_then_kill
 
 SERVERS_FILE = "servers.json"  # in .edgepipe/: what the running `edgepipe serve` started
 
@@ -152,18 +153,7 @@ def clear_stale_servers(state_dir: Path) -> list[str]:
         members = [p for p in psutil.process_iter() if _pgid(p.pid) == entry["pgid"]]
         if not members:
             continue
-        for proc in members:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(members, timeout=10)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        terminate_then_kill(members, grace=10)
         stopped.append(f"{entry['name']} on port {entry['port']} ({len(members)} processes)")
     record_file.unlink(missing_ok=True)
     return stopped

@@ -28,6 +28,25 @@ def _prctl(option: int, value: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
+def terminate_then_kill(procs: list[psutil.Process], grace: float) -> list[psutil.Process]:
+    """SIGTERM to `procs` (none if `grace` is 0), SIGKILL to those still alive after `grace` seconds.
+    Returns the ones that had to be killed."""
+    if grace:
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, procs = psutil.wait_procs(procs, timeout=grace)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+    return procs
+
+
 def stop_tree(grace: float) -> None:
     """SIGTERM to every descendant, SIGKILL to whatever is left after `grace` seconds."""
     me = psutil.Process()
