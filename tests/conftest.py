@@ -6,12 +6,16 @@ Prefect test server, real git + DVC repositories in temporary folders.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 # Before Prefect, MLflow or TensorFlow are imported by any test module: an isolated Prefect home,
@@ -112,6 +116,34 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for(predicate, what: str, log: Path, timeout: float = 300, every: float = 0.5):
+    """Poll until `predicate()` is truthy and return its value; on timeout fail with the tail of `log`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; serve log:\n{log.read_text()[-6000:]}")
+
+
+def api(url: str, body: dict | None = None, method: str = "POST"):
+    """A JSON call to a real server's REST API (Prefect's), retried on the 503 a busy SQLite-backed
+    Prefect server answers now and then."""
+    data = None if method == "GET" else json.dumps(body or {}).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    for attempt in range(10):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or attempt == 9:
+                raise
+            time.sleep(1)
 
 
 def run(cmd: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:

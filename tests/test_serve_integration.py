@@ -25,7 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import DVC, GIT, free_port, make_project_repo, pattern_image, run, write_params
+from conftest import DVC, GIT, api, free_port, make_project_repo, pattern_image, run, wait_for, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -36,24 +36,6 @@ TIMEOUT = 900  # seconds for any one wait; a run takes about a minute here
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def api(url: str, body: dict | None = None):
-    request = urllib.request.Request(
-        url, data=json.dumps(body or {}).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def wait_for(predicate, what: str, log: Path, timeout: float = TIMEOUT, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; serve log:\n{log.read_text()[-6000:]}")
 
 
 def parse_time(value: str) -> float:
@@ -89,7 +71,13 @@ def served(tmp_path_factory):
     prefect_api = f"http://127.0.0.1:{prefect_port}/api"
     try:
         wait_for(lambda: "Ctrl-C stops" in log.read_text(), "serve to start", log, timeout=300)
-        wait_for(lambda: api(f"{prefect_api}/deployments/filter", {}) or None, "the served deployment", log)
+        wait_for(
+            lambda: api(f"{prefect_api}/deployments/filter", {}) or None,
+            "the served deployment",
+            log,
+            timeout=TIMEOUT,
+            every=1.0,
+        )
         client_env = {
             **env,
             "PREFECT_API_URL": prefect_api,
@@ -138,14 +126,16 @@ def triggered(served):
         runs = [r for r in flow_runs(served["prefect_api"]) if not r["auto_scheduled"]]
         return runs[0] if runs else None
 
-    run_record = wait_for(triggered_run, "the run the event triggers", served["log"])
+    run_record = wait_for(
+        triggered_run, "the run the event triggers", served["log"], timeout=TIMEOUT, every=1.0
+    )
     latency = parse_time(run_record["created"]) - dropped_at
 
     def finished():
         record = next(r for r in flow_runs(served["prefect_api"]) if r["id"] == run_record["id"])
         return record if record["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
-    final = wait_for(finished, "the triggered run to finish", served["log"], every=3)
+    final = wait_for(finished, "the triggered run to finish", served["log"], every=3, timeout=TIMEOUT)
     started = parse_time(final["start_time"]) - dropped_at if final["start_time"] else float("nan")
     print(
         f"\nimages dropped -> triggered flow run created {latency:.1f} s later, "
@@ -216,7 +206,7 @@ def test_the_cron_schedule_fires_a_run(served, triggered):
         done = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")]
         return done[0] if done else None
 
-    scheduled = wait_for(scheduled_done, "a scheduled run to finish", served["log"], every=3)
+    scheduled = wait_for(scheduled_done, "a scheduled run to finish", served["log"], every=3, timeout=TIMEOUT)
     assert scheduled["state_type"] == "COMPLETED"
     # Same data, same bytes: the scheduled run registers nothing new.
     versions = MlflowClient(served["mlflow_uri"]).search_model_versions("name = 'tiny-patterns'")
@@ -265,7 +255,7 @@ def test_the_same_deployment_runs_on_a_process_work_pool(served, triggered):
         record = next(r for r in flow_runs(prefect_api) if r["id"] == flow_run["id"])
         return record if record["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
-    final = wait_for(finished, "the work-pool run to finish", served["log"], every=3)
+    final = wait_for(finished, "the work-pool run to finish", served["log"], every=3, timeout=TIMEOUT)
     assert final["state_type"] == "COMPLETED", worker.stdout[-3000:]
     versions = MlflowClient(served["mlflow_uri"]).search_model_versions("name = 'tiny-patterns'")
     assert len(versions) == 1  # same data, same bytes: nothing new

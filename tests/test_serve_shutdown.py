@@ -8,7 +8,6 @@ SERVE_STOP_REPEATS (default 2) sets how many times the Ctrl-C scenario runs; `ma
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import re
@@ -17,45 +16,18 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import GIT, free_port, make_project_repo, run, write_params
+from conftest import GIT, api, free_port, make_project_repo, run, wait_for, write_params
 
 pytestmark = pytest.mark.slow
 
 EDGEPIPE = [sys.executable, "-m", "flows.cli"]
 BOUND = 30.0  # serve.stop_timeout_seconds default; the README states it
 REPEATS = int(os.environ.get("SERVE_STOP_REPEATS", "2"))
-
-
-def api(url: str, body: dict | None = None, method: str = "POST"):
-    data = None if method == "GET" else json.dumps(body or {}).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    for attempt in range(10):  # a busy SQLite-backed Prefect server answers 503 now and then
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503 or attempt == 9:
-                raise
-            time.sleep(1)
-
-
-def wait_for(predicate, what: str, log: Path, timeout: float = 300, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; serve log:\n{log.read_text()[-6000:]}")
 
 
 def listening(port: int) -> bool:
