@@ -26,20 +26,36 @@ from pydantic import (
 
 from components.errors import EdgepipeError
 
+Threshold = Annotated[float, Field(ge=0, le=1)]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ImageSpec(_Section):
-    """What the model sees. Recorded in the manifest and in the metadata of every exported artifact."""
+# The input size each architecture is built for when data.image.height/width are "auto": small_cnn's by
+# measurement on generated colour folders (bench/recipe.py: 64 px learns them and its int8 file and arena
+# fit 256 KiB); MobileNets' smallest ImageNet size of Keras' applications.
+ARCHITECTURE_INPUT_SIZE = {"small_cnn": 64, "mobilenet_v2": 96, "mobilenet_v3_small": 96}
 
-    height: int = Field(32, ge=8, le=1024)
-    width: int = Field(32, ge=8, le=1024)
-    channels: Literal[1, 3] = 1
+
+class ImageSpec(_Section):
+    """What the model sees. `auto` is decided by `prepare` (channels from the data, size from the model
+    architecture) and what it chose is recorded in the manifest and in every artifact's metadata."""
+
+    height: int | str = Field("auto", description="pixels; auto: the architecture's input size")
+    width: int | str = Field("auto", description="pixels; auto: the architecture's input size")
+    channels: Literal[1, 3, "auto"] = Field("auto", description="auto: 3 if any image has colour, else 1")
     # input = (pixel / 255 - mean) / std, per channel value shared by all channels
     mean: float = 0.0
     std: float = Field(1.0, gt=0)
+
+    @field_validator("height", "width")
+    @classmethod
+    def _size_in_range(cls, value: int | str) -> int | str:
+        if value != "auto" and (isinstance(value, str) or not 8 <= value <= 1024):
+            raise ValueError("must be a number of pixels from 8 to 1024, or auto")
+        return value
 
 
 class SplitSpec(_Section):
@@ -54,21 +70,56 @@ class DataConfig(_Section):
     bundled_if_empty: Literal["digits", "none"] = "digits"
     image: ImageSpec = ImageSpec()
     split: SplitSpec = SplitSpec()
+    # A file that is not a readable image: "error" lists every such file and stops; "skip" leaves them out
+    # of training (listed in the prepare report and in MLflow); the data folder itself is never changed.
+    on_bad_image: Literal["error", "skip"] = "error"
 
 
 class ModelConfig(_Section):
     name: str = Field("edgepipe-digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    architecture: Literal["small_cnn", "mobilenet_v2"] = "small_cnn"
+    architecture: Literal["small_cnn", "mobilenet_v2", "mobilenet_v3_small"] = "small_cnn"
     width_multiplier: float = Field(1.0, gt=0, le=2.0, description="filters scale; MobileNetV2 alpha")
 
 
+class AugmentConfig(_Section):
+    """Random changes to training images (Keras preprocessing layers), applied while the float model trains
+    and never part of a saved or exported model. `train.augment: none` turns them all off."""
+
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
+    rotation: float = Field(0.05, ge=0, le=0.5, description="fraction of a full turn, either way")
+    zoom: float = Field(0.15, ge=0, lt=1, description="fraction of the size, in or out")
+    translate: float = Field(0.1, ge=0, lt=1, description="fraction of height and width")
+    brightness: float = Field(0.15, ge=0, le=1, description="fraction of the pixel range")
+    contrast: float = Field(0.15, ge=0, lt=1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip != "none" or any(
+            (self.rotation, self.zoom, self.translate, self.brightness, self.contrast)
+        )
+
+
+AUGMENT_NONE = AugmentConfig(flip="none", rotation=0, zoom=0, translate=0, brightness=0, contrast=0)
+
+
 class TrainConfig(_Section):
-    epochs: int = Field(8, ge=1, le=1000)
-    # Stop when val accuracy has not improved for this many epochs; the best epoch's weights are kept.
-    patience: int = Field(5, ge=1, le=1000)
+    epochs: int = Field(60, ge=1, le=1000, description="at most; early stopping usually ends sooner")
+    # Stop when val loss has not improved for this many epochs; the best epoch's weights are kept.
+    patience: int = Field(12, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
-    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    learning_rate: float = Field(3e-3, gt=0, lt=1, description="peak; see schedule")
+    schedule: Literal["cosine", "constant"] = "cosine"
+    class_weights: Literal["balanced", "none"] = "balanced"
+    augment: AugmentConfig = AugmentConfig()
+    # The float model must reach this val accuracy, or the run stops before export with a diagnosis.
+    # null: a bar derived from the data (the majority class's share + a quarter of the rest).
+    min_val_accuracy: Threshold | None = None
     seed: int = 0
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _none_turns_augmentation_off(cls, value: object) -> object:
+        return AUGMENT_NONE if value in ("none", None, False) else value
 
 
 class PruneConfig(_Section):
@@ -90,9 +141,6 @@ class ExportConfig(_Section):
     representative_samples: int = Field(200, ge=1, le=100_000)
 
 
-Threshold = Annotated[float, Field(ge=0, le=1)]
-
-
 class GatesConfig(_Section):
     """Release gates checked by `validate`: a failing one blocks registration and the DVC push.
 
@@ -101,7 +149,8 @@ class GatesConfig(_Section):
     """
 
     max_accuracy_drop: dict[str, Threshold] = {"default": 0.05}  # per format, vs the float Keras model
-    min_agreement: dict[str, Threshold] = {"default": 0.9}  # per runtime, top-1 agreement with float Keras
+    # per runtime, top-1 agreement with the Keras model the file was made from (pruned or QAT)
+    min_agreement: dict[str, Threshold] = {"default": 0.9}
     # per precision: largest logit difference from the Keras model the file was made from, as a fraction of
     # that model's logit range. Catches a runtime that computes a different function (wrong padding, ...).
     max_logit_error: dict[Literal["float32", "float16", "int8"], Threshold] = {
@@ -272,16 +321,21 @@ class Params(_Section):
         split = self.data.split
         if split.val_fraction + split.test_fraction >= 0.8:
             raise ValueError("data.split: val_fraction + test_fraction must leave at least 20% for training")
-        if (
-            self.model.architecture == "mobilenet_v2"
-            and min(self.data.image.height, self.data.image.width) < 32
-        ):
-            raise ValueError("data.image: mobilenet_v2 needs height and width of at least 32")
+        image = self.data.image
+        sizes = [v for v in (image.height, image.width) if v != "auto"]
+        if self.model.architecture.startswith("mobilenet") and sizes and min(sizes) < 32:
+            raise ValueError(f"data.image: {self.model.architecture} needs height and width of at least 32")
         return self
 
     def section_digest(self, *sections: str) -> str:
-        """A stable hash of the named sections: part of cache keys and of the MLflow `params_hash` tag."""
-        dumped = {name: self.model_dump(mode="json")[name] for name in sections}
+        """A stable hash of the named sections or dotted keys (`model.architecture`): part of cache keys and
+        of the MLflow `params_hash` tag."""
+        dumped = {}
+        for name in sections:
+            node = self.model_dump(mode="json")
+            for part in name.split("."):
+                node = node[part]
+            dumped[name] = node
         return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
 from components.atomic import atomic_path, write_json
-from components.config import DataConfig, ImageSpec
+from components.config import ARCHITECTURE_INPUT_SIZE, DataConfig, ImageSpec
 from components.errors import EdgepipeError
 from components.hashing import file_digest
 
@@ -71,8 +71,49 @@ def ensure_raw_data(config: DataConfig, raw_dir: Path) -> Path:
     return raw_dir
 
 
-def scan_image_folder(raw_dir: Path) -> tuple[list[str], list[LabelledImage]]:
-    """List classes (sorted folder names) and their images; raise on layouts that cannot train."""
+@dataclass(frozen=True)
+class DataProblem:
+    """One file or folder that cannot be used, found by the data check (all are collected, then reported)."""
+
+    path: Path
+    kind: str  # one of PROBLEM_FIXES
+    detail: str
+
+
+# kind -> what the user should do about it
+PROBLEM_FIXES = {
+    "not a readable image": "Delete or replace the file.",
+    "empty (0-byte) file": "Delete it or replace it with a valid image.",
+    "class folder has no images (.png/.jpg/.jpeg/.bmp)": "Add images or remove the folder.",
+    "name is not valid UTF-8": "Rename it (UTF-8 names such as café are fine).",
+}
+SKIPPABLE = ("not a readable image", "empty (0-byte) file")
+LISTED = 50  # problems named per report; the rest are counted
+
+
+def describe_problems(raw_dir: Path, problems: list[DataProblem], skippable: bool) -> str:
+    """Every problem at once, grouped by kind, each with its fix: one run finds them all."""
+    lines = [f"{raw_dir}: {len(problems)} problem(s) in the data, nothing changed. Fix them and run again"]
+    if skippable:
+        lines[0] += " (or set data.on_bad_image: skip to leave unreadable images out of training)"
+    lines[0] += ":"
+    listed = 0
+    for kind, fix in PROBLEM_FIXES.items():
+        group = [p for p in problems if p.kind == kind]
+        if not group:
+            continue
+        lines.append(f"  {kind} ({len(group)}): {fix}")
+        for problem in group[: max(0, LISTED - listed)]:
+            lines.append(f"    {problem.path}: {kind}{problem.detail}")
+        listed += len(group)
+    if listed > LISTED:
+        lines.append(f"  ... and {listed - LISTED} more (the first {LISTED} are named above)")
+    return "\n".join(lines)
+
+
+def scan_image_folder(raw_dir: Path) -> tuple[list[str], list[LabelledImage], list[DataProblem]]:
+    """List classes (sorted folder names), their images and the problems found (empty class folders,
+    names that are not UTF-8); raise at once only on layouts that cannot train at all."""
     if not raw_dir.is_dir():
         raise EdgepipeError(f"{raw_dir}: folder not found. Create it with one subfolder per class.")
     stray = sorted(p.name for p in raw_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -84,6 +125,7 @@ def scan_image_folder(raw_dir: Path) -> tuple[list[str], list[LabelledImage]]:
     class_dirs = sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     images: list[LabelledImage] = []
     classes: list[str] = []
+    problems: list[DataProblem] = []
     for class_dir in class_dirs:
         files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         accepted = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -93,44 +135,73 @@ def scan_image_folder(raw_dir: Path) -> tuple[list[str], list[LabelledImage]]:
                 "%s: skipped %d non-image file(s): %s", class_dir, len(skipped), ", ".join(skipped[:5])
             )
         if not accepted:
-            raise EdgepipeError(
-                f"{class_dir}: class folder has no images (.png/.jpg/.jpeg/.bmp). "
-                "Add images or remove the folder."
-            )
+            problems.append(DataProblem(class_dir, "class folder has no images (.png/.jpg/.jpeg/.bmp)", "."))
+            continue
         for path in accepted:  # names go into manifest.json and model metadata, which are UTF-8
             try:
                 path.relative_to(raw_dir).as_posix().encode("utf-8")
             except UnicodeEncodeError:
-                shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-                raise EdgepipeError(
-                    f"{shown}: the name is not valid UTF-8. Rename it (UTF-8 names such as café are fine)."
-                ) from None
+                shown = Path(os.fsencode(path).decode("utf-8", "backslashreplace"))
+                problems.append(DataProblem(shown, "name is not valid UTF-8", ""))
         label = len(classes)
         classes.append(class_dir.name)
         images.extend(LabelledImage(path, label) for path in accepted)
-    if len(classes) < 2:
+    if len(classes) < 2 and not problems:
         raise EdgepipeError(
             f"{raw_dir}: found {len(classes)} class folder(s); a classifier needs at least 2. "
             f"Add one subfolder of images per class."
         )
-    return classes, images
+    return classes, images, problems
 
 
-def load_image(path: Path, image: ImageSpec) -> np.ndarray:
-    """Decode, convert channels and resize one image to uint8 HxWxC. Bad files raise naming the file."""
+class BadImage(Exception):
+    def __init__(self, problem: DataProblem):
+        super().__init__(problem.detail)
+        self.problem = problem
+
+
+def decode_image(path: Path, height: int, width: int) -> tuple[np.ndarray, bool]:
+    """Decode and resize one image to uint8 HxWx3 (RGB), and whether it has colour. Grayscale sources are
+    expanded channel-equal, so converting back to one channel gives exactly their pixels. A file that
+    cannot be used raises BadImage carrying the problem."""
     if path.stat().st_size == 0:
-        raise EdgepipeError(f"{path}: empty (0-byte) file. Delete it or replace it with a valid image.")
+        raise BadImage(DataProblem(path, "empty (0-byte) file", "."))
     try:
         with Image.open(path) as img:
             img.load()
             if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit: keep the top 8 bits, not a clip
                 img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
-            converted = img.convert("L" if image.channels == 1 else "RGB")
+            coloured = img.mode not in ("1", "L", "LA", "I", "F") and not img.mode.startswith("I;")
+            rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise EdgepipeError(f"{path}: not a readable image ({exc}). Delete or replace the file.") from None
-    resized = converted.resize((image.width, image.height), Image.Resampling.BILINEAR)
-    array = np.asarray(resized, dtype=np.uint8)
-    return array.reshape(image.height, image.width, image.channels)
+        raise BadImage(DataProblem(path, "not a readable image", f" ({exc})")) from None
+    array = np.asarray(rgb.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return array, coloured and has_colour(array)
+
+
+def has_colour(rgb: np.ndarray) -> bool:
+    """True when more than 1% of pixels differ between channels by more than JPEG noise (12 levels): a
+    grayscale photo saved as RGB counts as grayscale."""
+    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
+    return bool(np.mean(spread > 12) > 0.01)
+
+
+def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, H, W, channels), grayscale by ITU-R 601 luma as PIL computes it."""
+    if channels == 3:
+        return rgb
+    weights = np.array([19595, 38470, 7471], dtype=np.uint32)  # PIL's "L" conversion, rounded
+    return ((rgb.astype(np.uint32) @ weights + 0x8000) >> 16).astype(np.uint8)[..., None]
+
+
+def resolve_image(image: ImageSpec, architecture: str, any_colour: bool) -> dict:
+    """The image spec with `auto` decided: channels from the data, size from the architecture."""
+    size = ARCHITECTURE_INPUT_SIZE[architecture]
+    resolved = image.model_dump(mode="json")
+    resolved["height"] = size if image.height == "auto" else image.height
+    resolved["width"] = size if image.width == "auto" else image.width
+    resolved["channels"] = (3 if any_colour else 1) if image.channels == "auto" else image.channels
+    return resolved
 
 
 def stratified_split(labels: np.ndarray, config: DataConfig, classes: list[str], files: list[Path]) -> dict:
@@ -156,23 +227,67 @@ def stratified_split(labels: np.ndarray, config: DataConfig, classes: list[str],
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def prepare(config: DataConfig, raw_dir: Path, out_dir: Path) -> dict:
-    """Scan raw_dir, check every image, split, and write `<split>.npz` + manifest.json to out_dir.
+def prepare(config: DataConfig, raw_dir: Path, out_dir: Path, architecture: str = "small_cnn") -> dict:
+    """Check every image in raw_dir, split, and write `<split>.npz` + manifest.json to out_dir.
 
-    Returns the summary written to the manifest. The folder is replaced atomically.
+    Every problem is found in one pass and reported together; with data.on_bad_image: skip, unreadable
+    images are left out and listed in the manifest. `auto` image settings are decided here (channels from
+    the data, size from `architecture`) and recorded in the manifest. raw_dir is only read; out_dir is
+    replaced atomically. Returns the summary written to the manifest.
     """
-    classes, images = scan_image_folder(raw_dir)
-    arrays = np.stack([load_image(item.path, config.image) for item in images])
-    labels = np.array([item.label for item in images], dtype=np.int64)
-    files = [item.path for item in images]
+    classes, images, problems = scan_image_folder(raw_dir)
+    probe = resolve_image(config.image, architecture, any_colour=False)
+    decoded, kept, colour = [], [], False
+    for item in images:
+        try:
+            array, coloured = decode_image(item.path, probe["height"], probe["width"])
+        except BadImage as bad:
+            problems.append(bad.problem)
+            continue
+        decoded.append(array)
+        kept.append(item)
+        colour = colour or coloured
+    skipped = [p for p in problems if p.kind in SKIPPABLE]
+    blocking = [p for p in problems if config.on_bad_image == "error" or p.kind not in SKIPPABLE]
+    emptied = sorted({c for c in range(len(classes))} - {item.label for item in kept})
+    blocking += [
+        DataProblem(
+            raw_dir / classes[c],
+            "class folder has no images (.png/.jpg/.jpeg/.bmp)",
+            ": all of them are unreadable",
+        )
+        for c in emptied
+        if config.on_bad_image == "skip"
+    ]
+    if blocking:
+        raise EdgepipeError(describe_problems(raw_dir, blocking, skippable=config.on_bad_image == "error"))
+    for problem in skipped:
+        log.warning("skipped %s: %s%s", problem.path, problem.kind, problem.detail)
+    image = resolve_image(config.image, architecture, any_colour=colour)
+    arrays = to_channels(np.stack(decoded), image["channels"])
+    labels = np.array([item.label for item in kept], dtype=np.int64)
+    files = [item.path for item in kept]
     splits = stratified_split(labels, config, classes, files)
 
     manifest = {
         "classes": classes,
-        "image": config.image.model_dump(mode="json"),
+        "image": image,
+        "image_chosen": {  # what `auto` decided, and why
+            key: f"auto: {reason}"
+            for key, reason in (
+                ("channels", "colour images found" if colour else "no image has colour"),
+                ("height", f"{architecture} input size"),
+                ("width", f"{architecture} input size"),
+            )
+            if getattr(config.image, key) == "auto"
+        },
         "layout": "NHWC",
         "normalization": "x = (pixel / 255 - mean) / std",
         "counts": {name: int(len(idx)) for name, idx in splits.items()},
+        "class_counts": dict(zip(classes, np.bincount(labels, minlength=len(classes)).tolist(), strict=True)),
+        "skipped": [
+            {"path": p.path.relative_to(raw_dir).as_posix(), "problem": p.kind + p.detail} for p in skipped
+        ],
         "files": [
             {
                 "path": files[i].relative_to(raw_dir).as_posix(),
@@ -189,5 +304,32 @@ def prepare(config: DataConfig, raw_dir: Path, out_dir: Path) -> dict:
         for name, idx in splits.items():
             np.savez_compressed(tmp / f"{name}.npz", x=arrays[idx], y=labels[idx])
         write_json(tmp / "manifest.json", manifest)
-    log.info("prepared %d images in %d classes: %s", len(labels), len(classes), manifest["counts"])
-    return {"classes": classes, "counts": manifest["counts"]}
+    shape = f"{image['height']}x{image['width']}x{image['channels']}"
+    log.info(
+        "prepared %d images in %d classes at %s (%s): %s",
+        len(labels),
+        len(classes),
+        shape,
+        ", ".join(f"{k} {v}" for k, v in manifest["image_chosen"].items()) or "as set in params.yaml",
+        manifest["counts"],
+    )
+    return {
+        "classes": classes,
+        "counts": manifest["counts"],
+        "image": image,
+        "image_chosen": manifest["image_chosen"],
+        "skipped": len(skipped),
+    }
+
+
+def describe_data(metrics: dict) -> str:
+    """One line for the console and the logs: how much data, and the input the model gets (and why)."""
+    counts = metrics["counts"]
+    chosen = metrics.get("image_chosen", {})
+    why = "; ".join(f"{key} {reason}" for key, reason in chosen.items()) or "as set in params.yaml"
+    return (
+        f"Data: {sum(counts.values())} images in {metrics['classes']} classes "
+        f"(train {counts['train']}, val {counts['val']}, test {counts['test']}), "
+        f"{metrics.get('skipped', 0)} skipped; model input "
+        f"{metrics['image_height']}x{metrics['image_width']}x{metrics['image_channels']} ({why})"
+    )

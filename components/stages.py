@@ -45,9 +45,16 @@ class Stage:
 def _prepare(params: Params, paths: ProjectPaths) -> dict:
     from components.prepare import prepare
 
-    summary = prepare(params.data, paths.raw_dir(params.data), paths.prepared_dir)
+    summary = prepare(params.data, paths.raw_dir(params.data), paths.prepared_dir, params.model.architecture)
     write_json(
-        paths.metrics_file("prepare"), {"counts": summary["counts"], "classes": len(summary["classes"])}
+        paths.metrics_file("prepare"),
+        {
+            "counts": summary["counts"],
+            "classes": len(summary["classes"]),
+            "skipped": summary["skipped"],
+            **{f"image_{key}": summary["image"][key] for key in ("height", "width", "channels")},
+            "image_chosen": summary["image_chosen"],
+        },
     )
     return summary
 
@@ -155,7 +162,7 @@ def _all_exports(p: ProjectPaths) -> tuple[Path, ...]:
 STAGES: tuple[Stage, ...] = (
     Stage(
         "prepare",
-        ("data",),
+        ("data", "model.architecture"),  # the architecture decides an `auto` input size
         ("components/prepare.py",),
         deps=lambda p: (Path(RAW_DATA_DEP),),
         outs=lambda p: (p.prepared_dir,),

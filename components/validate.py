@@ -2,7 +2,7 @@
 its row names, on the test split, against the float Keras model; then the release gates.
 
 A cell records whether the runtime loaded the file (with the runtime's own error text when not), top-1
-accuracy, agreement with the float Keras model, the largest logit difference from the Keras model the
+accuracy, top-1 agreement with and the largest logit difference from the Keras model the
 file was made from, and top-1 agreement with the first runtime of its row on the same file. A required
 cell that loads but disagrees fails its gate like one that cannot load; a cell the registry marks as
 known not to work is reported and never gated.
@@ -161,7 +161,10 @@ def run_cell(
     cell.update(
         loaded=True,
         accuracy=float(np.mean(pred == y_test)),
-        agreement=float(np.mean(pred == float_pred)),
+        # top-1 agreement with the Keras model the file was made from: does this runtime compute what that
+        # model computes? What pruning and quantization cost is the accuracy drop vs the float model.
+        agreement=float(np.mean(pred == reference.argmax(axis=1))),
+        float_agreement=float(np.mean(pred == float_pred)),
         max_abs_diff=max_abs_diff,
         logit_error=max_abs_diff / max(float(np.ptp(reference)), 1e-12),
     )
@@ -212,6 +215,29 @@ def cell_failures(gates: GatesConfig, float_accuracy: float, cell: dict) -> list
             f"{where}: tensor arena {arena} bytes > gates.max_arena_bytes {gates.max_arena_bytes}"
         )
     return failures
+
+
+# Gate failures by cause, in the order to look at them: each failure names its gate, which says its cause.
+FAILURE_CAUSES = (
+    ("size", "The model does not fit the device", ("gates.max_bytes", "gates.max_arena_bytes")),
+    ("optimisation", "Pruning or quantization lost accuracy", ("gates.max_accuracy_drop",)),
+    (
+        "runtime",
+        "A runtime or a conversion computes something other than the model it was made from",
+        ("could not run", "gates.max_logit_error", "gates.min_agreement", "gates.min_runtime_agreement"),
+    ),
+)
+
+
+def grouped_failures(failures: list[str]) -> str:
+    """The failures under one heading per cause, each heading with the settings to look at."""
+    lines = []
+    for _, heading, markers in FAILURE_CAUSES:
+        group = [f for f in failures if any(marker in f for marker in markers)]
+        if group:
+            lines.append(f"{heading} ({len(group)}):")
+            lines += [f"  {failure}" for failure in group]
+    return "\n".join(lines)
 
 
 def cell_status(cell: dict, gates: GatesConfig, float_accuracy: float) -> str:

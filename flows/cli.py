@@ -58,10 +58,12 @@ def run(
 
 
 def print_results(result: dict) -> None:
+    from components.prepare import describe_data
     from components.register import redacted
     from components.report import ARTIFACT_COLUMNS, MATRIX_COLUMNS, artifact_rows, matrix_rows
 
     report = result["report"]
+    console.print(describe_data(result["data"]), markup=False, highlight=False)
     console.print(
         rich_table(
             f"Validation matrix (float Keras top-1 accuracy {report['float_accuracy']:.4f}, "

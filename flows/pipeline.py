@@ -24,7 +24,7 @@ from components.errors import EdgepipeError
 from components.formats import FORMATS, RELEASE_FORMAT, get_format
 from components.hashing import file_digest
 from components.paths import ProjectPaths
-from components.prepare import ensure_raw_data
+from components.prepare import describe_data, ensure_raw_data
 from components.register import (
     Registration,
     check_reachable,
@@ -37,6 +37,7 @@ from components.register import (
 from components.release import commit_and_tag, delete_tag, release_files, tag_name
 from components.report import to_markdown
 from components.stages import STAGES, get_stage
+from components.validate import grouped_failures
 from flows.caching import stage_cache_key
 from flows.orchestration import Timeout, project_lock, task_runner_map
 
@@ -124,7 +125,11 @@ def register_task(
         files = release_files(root, params_file, paths.raw_dir(params.data))
         git_release = commit_and_tag(root, files, tag, f"Release {tag}: {release_file.name} sha256 {sha256}")
         version_tags["git_tag"] = git_release.tag
+    data = read_json(paths.metrics_file("prepare"))
     run_tags = {
+        "input_shape": f"{data['image_height']}x{data['image_width']}x{data['image_channels']}",
+        "input_chosen": "; ".join(f"{k} {v}" for k, v in data.get("image_chosen", {}).items())
+        or "params.yaml",
         "git_commit": versioning.git_commit(root),
         "params_hash": params.section_digest(*Params.model_fields),
         "prefect_flow_run_id": str(flow_run.id),
@@ -210,6 +215,9 @@ def _run_pipeline(
         outputs_intact = versioning.stage_is_current(root, stage.name)
         step = run_stage.with_options(name=stage.name, refresh_cache=not outputs_intact)
         results[stage.name] = step(stage.name, params, root, outputs_intact)
+        if stage.name == "prepare":
+            data = read_json(paths.metrics_file("prepare"))
+            logger.info("%s", describe_data(data))
     report = results["validate"]
 
     table = to_markdown(report, sparsity=results["qat"]["sparsity"])
@@ -226,8 +234,8 @@ def _run_pipeline(
     if not report["gates"]["passed"]:
         registration = register(params, params_file, root, report, results)  # the run, for the record
         raise EdgepipeError(
-            "release gates failed, nothing registered or pushed:\n  "
-            + "\n  ".join(report["gates"]["failures"])
+            "release gates failed, nothing registered or pushed.\n"
+            + grouped_failures(report["gates"]["failures"])
             + f"\nSee {paths.report_file} and MLflow run {registration.run_id}."
         )
     # The remote holds the bytes before any registry points at them.
@@ -239,4 +247,5 @@ def _run_pipeline(
         "pushed": pushed,
         "table": table,
         "report_file": str(paths.report_file),
+        "data": data,
     }

@@ -45,7 +45,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]  # the venv's DVC, whether or not .venv/bin is on PATH
 GIT = ["git", "-c", "user.name=edgepipe-tests", "-c", "user.email=tests@edgepipe.invalid"]
 
-# Small settings so a whole pipeline trains in seconds on 2 cores. Images 16x16 grayscale.
+# Small settings so a whole pipeline trains in seconds on 2 cores. Images 16x16 grayscale, no augmentation
+# (tests/test_recipe.py covers the default recipe on colour folders).
 TINY_PARAMS = {
     "data": {
         "raw_dir": "data/raw",
@@ -54,7 +55,7 @@ TINY_PARAMS = {
         "split": {"val_fraction": 0.2, "test_fraction": 0.25, "seed": 1},
     },
     "model": {"name": "tiny-patterns", "width_multiplier": 0.5},
-    "train": {"epochs": 12, "batch_size": 16, "learning_rate": 0.01, "seed": 0},
+    "train": {"epochs": 12, "batch_size": 16, "learning_rate": 0.01, "augment": "none", "seed": 0},
     "prune": {"target_sparsity": 0.5, "epochs": 3, "batch_size": 16, "learning_rate": 0.001, "frequency": 2},
     "qat": {"epochs": 2, "batch_size": 16, "learning_rate": 0.0001},
     "export": {"onnx_opset": 13, "representative_samples": 32},

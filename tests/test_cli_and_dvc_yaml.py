@@ -91,6 +91,15 @@ def results(version: str | None, new_version: bool, pushed: int | None) -> dict:
         "registration": registration,
         "pushed": pushed,
         "report_file": "reports/report.md",
+        "data": {
+            "counts": {"train": 420, "val": 90, "test": 90},
+            "classes": 5,
+            "skipped": 1,
+            "image_height": 64,
+            "image_width": 64,
+            "image_channels": 3,
+            "image_chosen": {"channels": "auto: colour images found"},
+        },
     }
 
 
@@ -112,6 +121,10 @@ def test_results_summary_says_what_happened_in_mlflow_and_dvc(capsys, version, n
     out = " ".join(capsys.readouterr().out.split())
     assert "model_int8.tflite" in out and "0.9667" in out and "0.9407" in out and "19359" in out
     assert "known failure" in out and "Lookup table" in out  # the runtime's own words, folded in a cell
+    assert (
+        "Data: 600 images in 5 classes (train 420, val 90, test 90), 1 skipped; model input 64x64x3 "
+        "(channels auto: colour images found)" in out
+    )
     for line in expected:
         assert line in out
 

@@ -29,10 +29,13 @@ def test_tiny_params_round_trip(tmp_path):
         ({"train.epoch": 3}, "train.epoch: unknown key"),
         ({"prune.target_sparsity": 1.5}, "prune.target_sparsity: Input should be less than 1"),
         ({"train.epochs": "many"}, "train.epochs: Input should be a valid integer"),
-        ({"data.image.channels": 2}, "data.image.channels: Input should be 1 or 3"),
+        ({"data.image.channels": 2}, "data.image.channels: Input should be 1, 3 or 'auto'"),
+        ({"data.image.height": "tall"}, "data.image.height: Value error, must be a number of pixels from 8"),
+        ({"train.augment": {"flip": "diagonal"}}, "train.augment.flip: Input should be 'none', 'horizontal'"),
+        ({"data.on_bad_image": "ignore"}, "data.on_bad_image: Input should be 'error' or 'skip'"),
         (
             {"model.architecture": "resnet"},
-            "model.architecture: Input should be 'small_cnn' or 'mobilenet_v2'",
+            "model.architecture: Input should be 'small_cnn', 'mobilenet_v2' or 'mobilenet_v3_small'",
         ),
         (
             {"gates.min_agreement": -0.1},

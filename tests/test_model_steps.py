@@ -67,7 +67,7 @@ def test_float_model_learns_the_tiny_task(project, test_split):
 
 
 def test_train_keeps_the_best_epoch(project):
-    """The saved float model is the epoch with the best val accuracy, which train.json reports."""
+    """The saved float model is the epoch with the lowest val loss, whose val accuracy train.json reports."""
     _, paths, results = project
     x_val, y_val = load_split(paths.prepared_dir, "val")
     accuracy = np.mean(load_model(paths.float_model).predict(x_val, verbose=0).argmax(1) == y_val)

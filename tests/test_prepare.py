@@ -72,7 +72,8 @@ def test_mixed_sizes_modes_suffix_case_and_unicode_names_are_handled(tmp_path):
         ),
         (
             lambda raw: (raw / "bars" / "bars_001.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage" * 3),
-            r"bars_001.png: not a readable image .* Delete or replace the file",
+            r"not a readable image \(1\): Delete or replace the file\.\n"
+            r"\s+\S+bars_001.png: not a readable image",
         ),
         (
             lambda raw: (raw / "stripes" / "photo.jpg").write_text("this is text, not a jpeg"),
