@@ -22,7 +22,7 @@ PRUNABLE_WEIGHTS = ("kernel:0", "depthwise_kernel:0")
 
 def build_model(config: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """An untrained classifier that outputs logits. Never downloads weights (weights=None)."""
-    if config.architecture in ("mobilenet_v2", "mobilenet_v3_small"):
+    if config.architecture == "mobilenet_v2":
         return _mobilenet(config, input_shape, num_classes)
 
     def filters(n: int) -> int:
@@ -52,23 +52,9 @@ BATCH_NORM_MOMENTUM = 0.9
 
 
 def _mobilenet(config: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    if config.architecture == "mobilenet_v2":
-        backbone = keras.applications.MobileNetV2(
-            input_shape=input_shape,
-            alpha=config.width_multiplier,
-            include_top=False,
-            weights=None,
-            pooling="avg",
-        )
-    else:  # inputs are normalised by the pipeline, so no Rescaling layer inside the model
-        backbone = keras.applications.MobileNetV3Small(
-            input_shape=input_shape,
-            alpha=config.width_multiplier,
-            include_top=False,
-            weights=None,
-            pooling="avg",
-            include_preprocessing=False,
-        )
+    backbone = keras.applications.MobileNetV2(
+        input_shape=input_shape, alpha=config.width_multiplier, include_top=False, weights=None, pooling="avg"
+    )
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = BATCH_NORM_MOMENTUM

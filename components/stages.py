@@ -162,7 +162,8 @@ def _all_exports(p: ProjectPaths) -> tuple[Path, ...]:
 STAGES: tuple[Stage, ...] = (
     Stage(
         "prepare",
-        ("data", "model.architecture"),  # the architecture decides an `auto` input size
+        ("data", "model"),  # model.architecture decides an `auto` input size (DVC needs the key written;
+        # a whole section may be left out of params.yaml, a key in it may not)
         ("components/prepare.py",),
         deps=lambda p: (Path(RAW_DATA_DEP),),
         outs=lambda p: (p.prepared_dir,),

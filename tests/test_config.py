@@ -35,7 +35,7 @@ def test_tiny_params_round_trip(tmp_path):
         ({"data.on_bad_image": "ignore"}, "data.on_bad_image: Input should be 'error' or 'skip'"),
         (
             {"model.architecture": "resnet"},
-            "model.architecture: Input should be 'small_cnn', 'mobilenet_v2' or 'mobilenet_v3_small'",
+            "model.architecture: Input should be 'small_cnn' or 'mobilenet_v2'",
         ),
         (
             {"gates.min_agreement": -0.1},

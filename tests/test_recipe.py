@@ -31,9 +31,9 @@ def test_channels_auto_follow_the_data_and_size_auto_follows_the_architecture(tm
     assert prepare(auto, colour, tmp_path / "c")["image"]["channels"] == 3
     assert prepare(auto, grey, tmp_path / "g", architecture="mobilenet_v2")["image"]["channels"] == 1
     colour_info, grey_info = read_dataset_info(tmp_path / "c"), read_dataset_info(tmp_path / "g")
-    assert colour_info.input_shape == (64, 64, 3)  # small_cnn's size
+    assert colour_info.input_shape == (48, 48, 3)  # small_cnn's size
     assert grey_info.input_shape == (96, 96, 1)  # MobileNetV2's size
-    assert colour_info.metadata()["input_shape"] == [1, 64, 64, 3]  # what every artifact embeds
+    assert colour_info.metadata()["input_shape"] == [1, 48, 48, 3]  # what every artifact embeds
 
 
 def test_a_greyscale_photo_saved_as_rgb_counts_as_greyscale(tmp_path):
@@ -193,7 +193,7 @@ def colour_release(tmp_path_factory, prefect_api):
 def test_default_params_learn_a_colour_folder_and_release_it(colour_release):
     result = colour_release["result"]
     report = result["report"]
-    assert result["data"]["image_channels"] == 3 and result["data"]["image_height"] == 64
+    assert result["data"]["image_channels"] == 3 and result["data"]["image_height"] == 48
     assert report["float_accuracy"] >= 0.9, report["float_accuracy"]
     release = next(c for c in report["cells"] if c["format"] == "tflite_int8" and c["runtime"] == "litert")
     assert release["accuracy"] >= report["float_accuracy"] - 0.03

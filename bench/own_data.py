@@ -1,0 +1,121 @@
+"""What a new user sees on their own colour images: the shipped params.yaml, unchanged, on generated colour
+folders (components/synthetic.py), each run as a user would run it, in a fresh git + DVC project.
+
+    python bench/own_data.py [--datasets signs,produce,shapes] [--images 600]
+
+Per dataset: the input `auto` chose, float val and test accuracy, int8 (the release file in LiteRT) test
+accuracy, flash (int8 file) and TFLite-Micro arena bytes, the release gates, and the wall time of
+`edgepipe run` (a fresh process, imports included).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from components.synthetic import DATASETS, write_colour_folder  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parents[1]
+GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@edgepipe.invalid"]
+
+
+def make_project(dest: Path, dataset: str, images: int) -> dict[str, int]:
+    """A clone of this project's committed state with a colour folder in data/raw and a local DVC remote."""
+    subprocess.run(["git", "clone", "-q", str(PROJECT), str(dest)], check=True)
+    counts = write_colour_folder(dest / "data" / "raw", dataset, images=images, seed=11)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(
+        [*dvc, "remote", "add", "-q", "-d", "bench", str(dest.parent / "remote")], cwd=dest, check=True
+    )
+    subprocess.run([*GIT, "commit", "-qam", "bench remote"], cwd=dest, check=True)
+    return counts
+
+
+def measure(dataset: str, images: int, work: Path) -> dict:
+    root = work / dataset / "project"
+    counts = make_project(root, dataset, images)
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run"], cwd=root, capture_output=True, text=True, check=False
+    )
+    seconds = time.monotonic() - start
+    (work / f"{dataset}.log").write_text(done.stdout + done.stderr)
+    metrics = root / "metrics"
+    row = {"dataset": dataset, "classes": counts, "seconds": seconds, "exit": done.returncode}
+    if (metrics / "prepare.json").is_file():
+        prepared = json.loads((metrics / "prepare.json").read_text())
+        row["input"] = f"{prepared['image_height']}x{prepared['image_width']}x{prepared['image_channels']}"
+    if (metrics / "train.json").is_file():
+        row["float_val"] = json.loads((metrics / "train.json").read_text())["val_accuracy"]
+    if (metrics / "validation.json").is_file():
+        report = json.loads((metrics / "validation.json").read_text())
+        row["float_test"] = report["float_accuracy"]
+        release = [c for c in report["cells"] if c["format"] == "tflite_int8" and c["runtime"] == "litert"]
+        row["int8_test"] = release[0].get("accuracy") if release else None
+        row["flash"] = report["artifacts"]["tflite_int8"]["bytes"]
+        row["gates"] = "passed" if report["gates"]["passed"] else f"{len(report['gates']['failures'])} failed"
+    if (metrics / "mcu.json").is_file():
+        row["arena"] = json.loads((metrics / "mcu.json").read_text())["arena_bytes"]
+    row["released"] = "Registered MLflow model" in done.stdout
+    return row
+
+
+def main(
+    datasets: str = typer.Option("signs,produce", help=f"comma-separated, from {', '.join(DATASETS)}"),
+    images: int = typer.Option(600, help="about this many images per dataset"),
+    keep: bool = typer.Option(False, help="keep the projects (printed) instead of deleting them"),
+) -> None:
+    work = Path(tempfile.mkdtemp(prefix="edgepipe-own-data-"))
+    rows = [measure(name, images, work) for name in datasets.split(",")]
+    table = Table(title=f"Default params.yaml on generated colour folders (~{images} images each)")
+    for column in (
+        "dataset",
+        "images (per class)",
+        "input",
+        "float val",
+        "float test",
+        "int8 test",
+        "flash B",
+        "arena B",
+        "gates",
+        "released",
+        "edgepipe run s",
+    ):
+        table.add_column(column)
+
+    def fmt(value, spec="{:.4f}"):
+        return "-" if value is None else spec.format(value)
+
+    for row in rows:
+        table.add_row(
+            row["dataset"],
+            f"{sum(row['classes'].values())} ({', '.join(map(str, row['classes'].values()))})",
+            row.get("input", "-"),
+            fmt(row.get("float_val")),
+            fmt(row.get("float_test")),
+            fmt(row.get("int8_test")),
+            fmt(row.get("flash"), "{:,}"),
+            fmt(row.get("arena"), "{:,}"),
+            row.get("gates", f"exit {row['exit']}"),
+            "yes" if row["released"] else "no",
+            f"{row['seconds']:.0f}",
+        )
+    Console(width=200).print(table)
+    print(f"logs: {work}/<dataset>.log")
+    if not keep:
+        for name in datasets.split(","):
+            shutil.rmtree(work / name, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    typer.run(main)
