@@ -20,7 +20,7 @@ from components.paths import ProjectPaths
 from components.qat import load_qat_model
 from components.runtimes import open_runner
 from components.stages import STAGES
-from components.validate import gate_failures
+from components.validate import gate_failures, grouped_failures
 from conftest import TINY_PARAMS, write_image_folder
 
 pytestmark = pytest.mark.slow
@@ -295,6 +295,15 @@ def test_gates_fail_on_drop_disagreement_size_arena_and_load_errors():
         "tflite_float32 on litert: max logit difference 0.2000 of the logit range > gates.max_logit_error."
         "float32 0.001 (it computes a different function from the model it was made from)",
         "onnx_int8 on opencv_dnn:classic: top-1 agreement 0.9481 with onnxruntime on the same file < "
-        "gates.min_runtime_agreement 0.98",
+        "gates.min_runtime_agreement 0.97",
         "tflite_float32 on opencv_dnn:classic: could not run (cv2.error: cannot load)",
+    ]
+    assert grouped_failures(failures).splitlines() == [
+        "The model does not fit the device (2):",
+        f"  {failures[0]}",
+        f"  {failures[1]}",
+        "Pruning or quantization lost accuracy (1):",
+        f"  {failures[2]}",
+        "A runtime or a conversion computes something other than the model it was made from (4):",
+        *(f"  {failure}" for failure in failures[3:]),
     ]
