@@ -184,6 +184,11 @@ def gate_failures(gates: GatesConfig, float_accuracy: float, artifacts: dict, ce
     return failures
 
 
+# Accuracies are counts over the test images: 0.9667 - 0.9167 is 3 images of 60, a drop of exactly 0.05, which
+# float subtraction makes 0.05000000000000004. A bar is met when the counts meet it.
+EPSILON = 1e-9
+
+
 def cell_failures(gates: GatesConfig, float_accuracy: float, cell: dict) -> list[str]:
     """The gates one cell misses, whether or not it is required."""
     where = f"{cell['format']} on {cell['runtime']}"
@@ -191,7 +196,7 @@ def cell_failures(gates: GatesConfig, float_accuracy: float, cell: dict) -> list
         return [f"{where}: could not run ({cell['error']})"]
     failures = []
     drop, max_drop = float_accuracy - cell["accuracy"], gates.accuracy_drop_for(cell["format"])
-    if drop > max_drop:
+    if drop > max_drop + EPSILON:
         failures.append(f"{where}: accuracy drop {drop:.4f} > gates.max_accuracy_drop {max_drop}")
     error, max_error = cell["logit_error"], gates.max_logit_error.get(cell["precision"])
     if max_error is not None and error > max_error:
@@ -201,13 +206,13 @@ def cell_failures(gates: GatesConfig, float_accuracy: float, cell: dict) -> list
             "from the model it was made from)"
         )
     same_file = cell.get("runtime_agreement")
-    if same_file is not None and same_file < gates.min_runtime_agreement:
+    if same_file is not None and same_file < gates.min_runtime_agreement - EPSILON:
         failures.append(
             f"{where}: top-1 agreement {same_file:.4f} with {cell['reference_runtime']} on the same "
             f"file < gates.min_runtime_agreement {gates.min_runtime_agreement}"
         )
     bar = gates.agreement_for(cell["runtime"])
-    if cell["agreement"] < bar:
+    if cell["agreement"] < bar - EPSILON:
         failures.append(f"{where}: agreement {cell['agreement']:.4f} < gates.min_agreement {bar}")
     arena = cell.get("arena_bytes")
     if gates.max_arena_bytes is not None and arena is not None and arena > gates.max_arena_bytes:

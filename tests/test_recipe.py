@@ -179,7 +179,7 @@ def colour_release(tmp_path_factory, prefect_api):
     root = make_project_repo(base / "project", base / "remote")
     shutil.copy2(PROJECT_ROOT / "params.yaml", root / "params.yaml")
     shutil.rmtree(root / "data" / "raw")
-    counts = write_colour_folder(root / "data" / "raw", "signs", images=400, seed=7)
+    counts = write_colour_folder(root / "data" / "raw", "signs", images=600, seed=11)  # bench/own_data.py's
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "commit", "-qm", "my photos"], root)
     with pytest.MonkeyPatch.context() as mp:
@@ -206,3 +206,17 @@ def test_default_params_learn_a_colour_folder_and_release_it(colour_release):
 
 def test_tiny_params_keep_augmentation_off():
     assert not Params.model_validate(TINY_PARAMS).train.augment.enabled
+
+
+def test_an_accuracy_drop_of_exactly_the_bar_passes():
+    """3 of 60 test images is a drop of exactly 0.05, which float subtraction makes 0.05000000000000004."""
+    from components.config import GatesConfig
+    from components.validate import cell_failures
+
+    cell = {"format": "tflite_int8", "runtime": "litert", "loaded": True, "precision": "int8"}
+    cell |= {"agreement": 1.0, "logit_error": 0.0}
+    gates = GatesConfig(max_accuracy_drop=0.05)
+    assert cell_failures(gates, 58 / 60, cell | {"accuracy": 55 / 60}) == []
+    assert cell_failures(gates, 58 / 60, cell | {"accuracy": 54 / 60}) == [
+        "tflite_int8 on litert: accuracy drop 0.0667 > gates.max_accuracy_drop 0.05"
+    ]
