@@ -5,6 +5,7 @@ skips the heavy steps, and a fresh clone that `dvc pull`s byte-identical artifac
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -117,6 +118,26 @@ def test_mlflow_run_has_params_metrics_and_artifacts(first_run):
         "mcu/model_data.cc",
         "mcu/openmv/main.py",
     } <= logged
+
+
+def test_mlflow_run_page_has_curves_dataset_input_and_description(first_run):
+    """What the run page shows: per-epoch curves with steps, the data as inputs, the results as its
+    description, and the input the model got."""
+    client = MlflowClient(first_run["uri"])
+    run_id = first_run["result"]["registration"].run_id
+    mlflow_run = client.get_run(run_id)
+    history = (ProjectPaths(first_run["root"]).train_history).read_text().splitlines()
+    curve = client.get_metric_history(run_id, "train.val_accuracy")
+    assert [m.step for m in curve] == list(range(1, len(history)))  # one point per epoch (header excluded)
+    raw_dvc = yaml.safe_load((first_run["root"] / "data" / "raw.dvc").read_text())
+    inputs = {d.dataset.name: d for d in mlflow_run.inputs.dataset_inputs}
+    assert set(inputs) == {"raw-train", "raw-val", "raw-test"}
+    assert {d.dataset.digest for d in inputs.values()} == {raw_dvc["outs"][0]["md5"][:32]}
+    tags = {t.key: t.value for t in inputs["raw-train"].tags}
+    assert json.loads(tags["class_counts"]) == {"bars": 24, "diagonal": 24, "stripes": 24}
+    assert mlflow_run.data.tags["input_shape"] == "16x16x1"
+    note = mlflow_run.data.tags["mlflow.note.content"]
+    assert note.startswith("Data: 72 images in 3 classes") and "| tflite_int8 | litert |" in note
 
 
 def test_registered_pyfunc_serves_the_tflite_with_litert(first_run):
