@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from unittest.mock import patch  # patch.dict: set env vars for one call, restore after
@@ -27,7 +28,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 import components.litert_pyfunc
 import components.runtimes
 from components.config import MlflowConfig, Params
-from components.dataset import load_split
+from components.dataset import load_split, read_dataset_info
 from components.errors import EdgepipeError
 from components.formats import RELEASE_FORMAT, get_format
 
@@ -151,6 +152,11 @@ def validation_metrics(report: dict) -> dict[str, float]:
         ):
             if measure in cell:
                 metrics[f"{key}.{measure}"] = cell[measure]
+    for model, classes in report.get("per_class", {}).items():
+        for name, scores in classes.items():
+            safe = re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)  # MLflow's allowed metric-name characters
+            for measure in ("precision", "recall", "f1"):
+                metrics[f"per_class.{model}.{safe}.{measure}"] = scores[measure]
     return metrics
 
 
@@ -165,7 +171,7 @@ class RunDetails:
     description: str  # Markdown: the results table
 
 
-def log_run_details(details: RunDetails, prepared_dir: Path) -> None:
+def log_run_details(details: RunDetails, prepared_dir: Path, report: dict) -> None:
     """Per-epoch curves with steps (the UI draws them as charts), the dataset as MLflow inputs (DVC md5
     as digest, the data folder as source, class counts as tags), the results as the run's description."""
     import csv
@@ -188,6 +194,9 @@ def log_run_details(details: RunDetails, prepared_dir: Path) -> None:
     if len(description) > MAX_TAG_VAL_LENGTH:  # the store's limit for a tag; the whole report is an artifact
         description = description[: MAX_TAG_VAL_LENGTH - 60] + "\n\n… (the whole report: reports/report.md)"
     mlflow.set_tag("mlflow.note.content", description)
+    if "confusion" in report:
+        classes = read_dataset_info(prepared_dir).classes  # rows and columns, in label order
+        mlflow.log_dict({"classes": classes, **report["confusion"]}, "confusion_matrices.json")
 
 
 def register(
@@ -218,7 +227,7 @@ def register(
         mlflow.log_metrics(validation_metrics(report))
         mlflow.log_metric("gates_passed", float(report["gates"]["passed"]))
         if details is not None:
-            log_run_details(details, prepared_dir)
+            log_run_details(details, prepared_dir, report)
         if report["gates"]["failures"]:  # visible in the run list; the whole list is in validation.json
             mlflow.set_tag("gate_failures", "; ".join(report["gates"]["failures"])[:4900])
         for path in files:

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from components.atomic import atomic_path, write_json
 from components.config import GatesConfig
@@ -72,6 +73,8 @@ def validate(
     failures = gate_failures(gates, float_accuracy, artifacts, cells)
     for cell in cells:
         cell["status"] = cell_status(cell, gates, float_accuracy)
+    classes = read_dataset_info(prepared_dir).classes
+    per_model = {"float": float_pred} | ({"release": release_pred} if release_pred is not None else {})
     report = {
         "float_accuracy": float_accuracy,
         "test_images": len(y_test),
@@ -79,8 +82,13 @@ def validate(
         "artifacts": artifacts,
         "cells": cells,
         "gates": {"passed": not failures, "failures": failures, **gates.model_dump()},
+        # the float Keras model and the release file in LiteRT, class by class
+        "per_class": {name: per_class_scores(y_test, pred, classes) for name, pred in per_model.items()},
+        "confusion": {
+            name: confusion_matrix(y_test, pred, labels=range(len(classes))).tolist()
+            for name, pred in per_model.items()
+        },
     }
-    classes = read_dataset_info(prepared_dir).classes
     write_predictions(predictions_out, y_test, release_pred, classes)
     write_json(report_out, report)
     for failure in failures:
@@ -250,6 +258,15 @@ def cell_status(cell: dict, gates: GatesConfig, float_accuracy: float) -> str:
     if not cell_failures(gates, float_accuracy, cell):
         return "pass"
     return "fail" if cell["required"] else "known failure"
+
+
+def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, dict]:
+    """Precision, recall, F1 and support of each class on the test split."""
+    scores = precision_recall_fscore_support(y_true, y_pred, labels=range(len(classes)), zero_division=0)
+    return {
+        name: dict(zip(("precision", "recall", "f1", "support"), map(float, values), strict=True))
+        for name, *values in zip(classes, *scores, strict=True)
+    }
 
 
 def write_predictions(path: Path, y_true: np.ndarray, y_pred: np.ndarray | None, classes: list[str]) -> None:

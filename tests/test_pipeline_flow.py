@@ -138,6 +138,13 @@ def test_mlflow_run_page_has_curves_dataset_input_and_description(first_run):
     assert mlflow_run.data.tags["input_shape"] == "16x16x1"
     note = mlflow_run.data.tags["mlflow.note.content"]
     assert note.startswith("Data: 72 images in 3 classes") and "| tflite_int8 | litert |" in note
+    metrics = mlflow_run.data.metrics
+    for model in ("float", "release"):
+        for name in ("bars", "diagonal", "stripes"):
+            assert 0.0 <= metrics[f"per_class.{model}.{name}.f1"] <= 1.0
+    matrices = mlflow.artifacts.load_dict(f"runs:/{run_id}/confusion_matrices.json")
+    assert matrices["classes"] == ["bars", "diagonal", "stripes"]
+    assert sum(map(sum, matrices["release"])) == first_run["result"]["report"]["test_images"]
 
 
 def test_registered_pyfunc_serves_the_tflite_with_litert(first_run):
