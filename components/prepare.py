@@ -249,7 +249,7 @@ def prepare(config: DataConfig, raw_dir: Path, out_dir: Path, architecture: str 
         colour = colour or coloured
     skipped = [p for p in problems if p.kind in SKIPPABLE]
     blocking = [p for p in problems if config.on_bad_image == "error" or p.kind not in SKIPPABLE]
-    emptied = sorted({c for c in range(len(classes))} - {item.label for item in kept})
+    emptied = sorted(set(range(len(classes))) - {item.label for item in kept})
     blocking += [
         DataProblem(
             raw_dir / classes[c],
