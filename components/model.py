@@ -100,7 +100,10 @@ def fit_classifier(
 
 def save_model(model: keras.Model, path: Path) -> None:
     with atomic_path(path) as tmp:
-        model.save(tmp)
+        # "keras_v3", not the default: tf-keras decides ".keras means the zip format" from a thread-local
+        # flag that its load_model leaves False in any thread but the importing one, so a step that loaded
+        # a model and saved one in a worker thread (a served Prefect run) wrote HDF5 under a .keras name.
+        model.save(tmp, save_format="keras_v3")
         _drop_save_time(tmp)
 
 

@@ -307,3 +307,22 @@ def test_gates_fail_on_drop_disagreement_size_arena_and_load_errors():
         "A runtime or a conversion computes something other than the model it was made from (4):",
         *(f"  {failure}" for failure in failures[3:]),
     ]
+
+
+def test_a_model_loaded_then_saved_in_a_worker_thread_is_still_a_keras_zip(tmp_path):
+    """tf-keras' load_model leaves a thread-local flag that made a later .keras save in the same worker
+    thread write HDF5 (a served Prefect run's prune step failed with BadZipFile)."""
+    import threading
+    import zipfile
+
+    from components.config import ModelConfig
+    from components.model import build_model
+
+    save_model(build_model(ModelConfig(), (16, 16, 1), 3), tmp_path / "a.keras")
+    worker = threading.Thread(
+        target=lambda: save_model(load_model(tmp_path / "a.keras"), tmp_path / "b.keras")
+    )
+    worker.start()
+    worker.join()
+    assert zipfile.is_zipfile(tmp_path / "b.keras")
+    assert load_model(tmp_path / "b.keras").count_params() == load_model(tmp_path / "a.keras").count_params()
