@@ -198,7 +198,7 @@ def test_default_params_learn_a_colour_folder_and_release_it(colour_release):
     release = next(c for c in report["cells"] if c["format"] == "tflite_int8" and c["runtime"] == "litert")
     assert release["accuracy"] >= report["float_accuracy"] - 0.03
     assert report["gates"]["passed"], report["gates"]["failures"]
-    assert result["registration"].version == 1
+    assert result["registration"].version == "1" and result["registration"].git_tag == "edgepipe-digits@v1"
     assert load_params(colour_release["root"] / "params.yaml") == Params.model_validate(
         load_params(PROJECT_ROOT / "params.yaml").model_dump()
     )  # nothing edited
