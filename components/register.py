@@ -6,6 +6,7 @@ Tracking store: MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db (MLflow'
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -174,8 +175,6 @@ class RunDetails:
 def log_run_details(details: RunDetails, prepared_dir: Path, report: dict) -> None:
     """Per-epoch curves with steps (the UI draws them as charts), the dataset as MLflow inputs (DVC md5
     as digest, the data folder as source, class counts as tags), the results as the run's description."""
-    import csv
-
     with details.history_file.open() as handle:
         for row in csv.DictReader(handle):
             step = int(row.pop("epoch"))

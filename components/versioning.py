@@ -84,6 +84,14 @@ def push(root: Path, remote: str | None = None) -> int:
             ) from None
 
 
+def data_md5(data_dir: Path) -> str:
+    """The md5 `dvc add` recorded for the data folder (`<folder>.dvc`): the dataset's version."""
+    dvc_file = Path(f"{data_dir}.dvc")
+    if not dvc_file.is_file():
+        return "untracked"
+    return yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
+
+
 def locked_md5(root: Path, path: Path) -> str:
     """The md5 dvc.lock records for an output file."""
     lock = yaml.safe_load((Path(root) / "dvc.lock").read_text())

@@ -162,7 +162,7 @@ def register_task(
             details=RunDetails(
                 history_file=paths.train_history,
                 data_dir=paths.raw_dir(params.data),
-                data_digest=raw_data_md5(root, paths.raw_dir(params.data)),
+                data_digest=versioning.data_md5(paths.raw_dir(params.data)),
                 class_counts=read_json(paths.prepared_dir / "manifest.json").get("class_counts", {}),
                 description=describe_data(data) + "\n\n" + paths.report_file.read_text(),
             ),
@@ -176,16 +176,6 @@ def register_task(
     released = MlflowClient(uri).get_model_version(params.model.name, registration.version)
     champion = promote_champion(uri, params.model.name, registration.version, params.release.champion_alias)
     return replace(registration, git_tag=released.tags.get("git_tag"), champion=champion)
-
-
-def raw_data_md5(root: Path, raw_dir: Path) -> str:
-    """The md5 DVC records for the data folder (data/raw.dvc), the dataset's version."""
-    import yaml
-
-    dvc_file = raw_dir.with_name(raw_dir.name + ".dvc")
-    if not dvc_file.is_file():
-        return "untracked"
-    return yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"]
 
 
 @task(name="dvc-push", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
