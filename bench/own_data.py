@@ -2,6 +2,7 @@
 folders (components/synthetic.py), each run as a user would run it, in a fresh git + DVC project.
 
     python bench/own_data.py [--datasets signs,produce,shapes] [--images 600]
+    python bench/own_data.py --datasets produce --images 150 --pretrain-on signs   # transfer learning
 
 Per dataset: the input `auto` chose, float val and test accuracy, int8 (the release file in LiteRT) test
 accuracy, flash (int8 file) and TFLite-Micro arena bytes, the release gates, and the wall time of
@@ -41,17 +42,36 @@ def make_project(dest: Path, dataset: str, images: int) -> dict[str, int]:
     return counts
 
 
-def measure(dataset: str, images: int, work: Path) -> dict:
-    root = work / dataset / "project"
+def measure(
+    dataset: str, images: int, work: Path, pretrained: Path | None = None, start_label="scratch"
+) -> dict:
+    """One `edgepipe run` on a fresh project; with `pretrained`, that weights file is copied in and named
+    by model.pretrained (the only edit to params.yaml)."""
+    name = f"{dataset}-{start_label}"
+    root = work / name / "project"
     counts = make_project(root, dataset, images)
+    if pretrained is not None:
+        shutil.copy2(pretrained, root / "pretrained.keras")
+        params = root / "params.yaml"
+        params.write_text(
+            params.read_text().replace("  pretrained: none ", "  pretrained: pretrained.keras ")
+        )
+        subprocess.run([*GIT, "add", "pretrained.keras", "params.yaml"], cwd=root, check=True)
+        subprocess.run([*GIT, "commit", "-qm", "start from pretrained.keras"], cwd=root, check=True)
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run"], cwd=root, capture_output=True, text=True, check=False
     )
     seconds = time.monotonic() - start
-    (work / f"{dataset}.log").write_text(done.stdout + done.stderr)
+    (work / f"{name}.log").write_text(done.stdout + done.stderr)
     metrics = root / "metrics"
-    row = {"dataset": dataset, "classes": counts, "seconds": seconds, "exit": done.returncode}
+    row = {
+        "dataset": dataset,
+        "start": start_label,
+        "classes": counts,
+        "seconds": seconds,
+        "exit": done.returncode,
+    }
     if (metrics / "prepare.json").is_file():
         prepared = json.loads((metrics / "prepare.json").read_text())
         row["input"] = f"{prepared['image_height']}x{prepared['image_width']}x{prepared['image_channels']}"
@@ -74,12 +94,24 @@ def main(
     datasets: str = typer.Option("signs,produce", help=f"comma-separated, from {', '.join(DATASETS)}"),
     images: int = typer.Option(600, help="about this many images per dataset"),
     keep: bool = typer.Option(False, help="keep the projects (printed) instead of deleting them"),
+    pretrain_on: str = typer.Option(
+        "", help="also train each dataset from the float model of a run on this dataset (transfer learning)"
+    ),
+    pretrain_images: int = typer.Option(1500, help="images of the --pretrain-on dataset"),
 ) -> None:
     work = Path(tempfile.mkdtemp(prefix="edgepipe-own-data-"))
-    rows = [measure(name, images, work) for name in datasets.split(",")]
+    rows = []
+    if pretrain_on:
+        rows.append(measure(pretrain_on, pretrain_images, work, start_label="source"))
+        source = work / f"{pretrain_on}-source" / "project" / "models" / "float.keras"
+    for name in datasets.split(","):
+        rows.append(measure(name, images, work))
+        if pretrain_on:
+            rows.append(measure(name, images, work, source, f"{pretrain_on} weights"))
     table = Table(title=f"Default params.yaml on generated colour folders (~{images} images each)")
     for column in (
         "dataset",
+        "start",
         "images (per class)",
         "input",
         "float val",
@@ -99,6 +131,7 @@ def main(
     for row in rows:
         table.add_row(
             row["dataset"],
+            row["start"],
             f"{sum(row['classes'].values())} ({', '.join(map(str, row['classes'].values()))})",
             row.get("input", "-"),
             fmt(row.get("float_val")),
@@ -111,10 +144,10 @@ def main(
             f"{row['seconds']:.0f}",
         )
     Console(width=200).print(table)
-    print(f"logs: {work}/<dataset>.log")
+    print(f"logs: {work}/<dataset>-<start>.log")
     if not keep:
-        for name in datasets.split(","):
-            shutil.rmtree(work / name, ignore_errors=True)
+        for row in rows:
+            shutil.rmtree(work / f"{row['dataset']}-{row['start']}", ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ class _Section(BaseModel):
 # at 56 % of the compute; its int8 file and TFLite-Micro arena fit 256 KiB (bench/own_data.py).
 # MobileNetV2: 96 px, the smallest ImageNet size of Keras' applications.
 ARCHITECTURE_INPUT_SIZE = {"small_cnn": 48, "mobilenet_v2": 96}
+# The MobileNetV2 widths and square input sizes Keras publishes ImageNet weights for.
+IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
 
 
 class ImageSpec(_Section):
@@ -82,6 +85,32 @@ class ModelConfig(_Section):
     # prune ("Please initialize `Prune` with a supported layer ... TFOpLambda"), so it cannot reach QAT.
     architecture: Literal["small_cnn", "mobilenet_v2"] = "small_cnn"
     width_multiplier: float = Field(1.0, gt=0, le=2.0, description="filters scale; MobileNetV2 alpha")
+    # Starting weights (components/pretrained.py): none | imagenet (mobilenet_v2: Keras' ImageNet weights
+    # from the Keras cache ~/.keras/models) | a .keras/.h5 file, relative to the project folder.
+    pretrained: str = "none"
+
+    @field_validator("pretrained")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in ("none", "imagenet") and Path(value).suffix not in (".keras", ".h5"):
+            raise ValueError("must be none, imagenet, or the path of a .keras or .h5 weights file")
+        return value
+
+    @model_validator(mode="after")
+    def _imagenet_has_weights(self) -> ModelConfig:
+        if self.pretrained == "imagenet":
+            if self.architecture != "mobilenet_v2":
+                raise ValueError(
+                    "pretrained: imagenet weights exist for architecture mobilenet_v2 only; for "
+                    f"{self.architecture} use none or a .keras/.h5 file of an earlier run"
+                )
+            if self.width_multiplier not in IMAGENET_ALPHAS:
+                raise ValueError(
+                    "pretrained: imagenet needs width_multiplier one of "
+                    f"{', '.join(map(str, IMAGENET_ALPHAS))} (got {self.width_multiplier:g}): ImageNet "
+                    "weights exist only for these widths"
+                )
+        return self
 
 
 class AugmentConfig(_Section):
@@ -105,6 +134,20 @@ class AugmentConfig(_Section):
 AUGMENT_NONE = AugmentConfig(flip="none", rotation=0, zoom=0, translate=0, brightness=0, contrast=0)
 
 
+class TransferConfig(_Section):
+    """Training from model.pretrained weights, in two phases: the layers that got weights frozen while the
+    new ones (the classifier head) train, then the top of the pretrained layers fine-tuned too."""
+
+    # Phase 1, at most (early stopping on val loss). A head on a few hundred images gets ~5 steps an
+    # epoch: 10 epochs left it at chance on the generated `produce` folder, 30 reached 0.74.
+    head_epochs: int = Field(30, ge=0, le=1000, description="phase 1: only the new layers train")
+    # Phase 2 trains this fraction of the pretrained layers, counted from the output side, for up to
+    # train.epochs (early stopping) at `learning_rate`; 0 keeps them all frozen.
+    unfreeze: float = Field(0.5, ge=0, le=1)
+    # 1e-3 reached 0.96 val accuracy where 3e-4 reached 0.91 (signs -> produce, bench/own_data.py).
+    learning_rate: float = Field(1e-3, gt=0, lt=1, description="phase 2 peak; lower than train's")
+
+
 class TrainConfig(_Section):
     epochs: int = Field(60, ge=1, le=1000, description="at most; early stopping usually ends sooner")
     # Stop when val loss has not improved for this many epochs; the best epoch's weights are kept.
@@ -114,6 +157,7 @@ class TrainConfig(_Section):
     schedule: Literal["cosine", "constant"] = "cosine"
     class_weights: Literal["balanced", "none"] = "balanced"
     augment: AugmentConfig = AugmentConfig()
+    transfer: TransferConfig = TransferConfig()  # used when model.pretrained is not none
     # The float model must reach this val accuracy, or the run stops before export with a diagnosis.
     # null: a bar derived from the data (the majority class's share + a quarter of the rest).
     min_val_accuracy: Threshold | None = None
@@ -330,6 +374,8 @@ class Params(_Section):
         sizes = [v for v in (image.height, image.width) if v != "auto"]
         if self.model.architecture.startswith("mobilenet") and sizes and min(sizes) < 32:
             raise ValueError(f"data.image: {self.model.architecture} needs height and width of at least 32")
+        if self.model.pretrained == "imagenet" and image.channels == 1:
+            raise ValueError("data.image.channels: model.pretrained imagenet needs 3 channels (or auto)")
         return self
 
     def section_digest(self, *sections: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import zipfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from components.errors import EdgepipeError
 keras = tf.keras  # tf_keras, because components/__init__ sets TF_USE_LEGACY_KERAS=1
 
 PRUNABLE_WEIGHTS = ("kernel:0", "depthwise_kernel:0")
+HEAD_LAYER = "logits"  # the classifier head: one output per class of this dataset
 
 
 def build_model(config: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
@@ -32,15 +34,19 @@ def build_model(config: ModelConfig, input_shape: tuple[int, int, int], num_clas
     # them followed by 2x2 max-pooling, then global average pooling: ~99k weights at width 1.0.
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
-    for block, width in enumerate((16, 32, 64, 128)):
-        x = keras.layers.Conv2D(filters(width), 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM)(x)
-        x = keras.layers.ReLU()(x)
-        if block < 3:
-            x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    # Named layers: model.pretrained copies weights by layer name (components/pretrained.py).
+    for block, width in enumerate((16, 32, 64, 128), start=1):
+        conv = keras.layers.Conv2D(
+            filters(width), 3, padding="same", use_bias=False, name=f"block{block}_conv"
+        )
+        x = conv(x)
+        x = keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"block{block}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{block}_relu")(x)
+        if block < 4:
+            x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(0.2, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, name=HEAD_LAYER)(x)
     return keras.Model(inputs, outputs, name=config.name)
 
 
@@ -58,7 +64,7 @@ def _mobilenet(config: ModelConfig, input_shape: tuple[int, int, int], num_class
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = BATCH_NORM_MOMENTUM
-    outputs = keras.layers.Dense(num_classes, name="logits")(backbone.output)
+    outputs = keras.layers.Dense(num_classes, name=HEAD_LAYER)(backbone.output)
     return keras.Model(backbone.input, outputs, name=config.name)
 
 
@@ -96,6 +102,18 @@ def fit_classifier(
         class_weight=class_weight,
         verbose=2,
     )
+
+
+def write_history(path: Path, history: dict[str, list[float]]) -> None:
+    """One row per epoch (epoch, loss, accuracy, val_loss, val_accuracy): the curves `dvc plots` draws."""
+    columns = sorted(c for c in history if c not in ("lr", "phase"))
+    if "phase" in history:  # transfer learning: 1 = head only, 2 = fine-tuning
+        columns.append("phase")
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *columns])
+        for epoch, values in enumerate(zip(*(history[c] for c in columns), strict=True), start=1):
+            writer.writerow([epoch, *(v if isinstance(v, int) else f"{v:.6f}" for v in values)])
 
 
 def save_model(model: keras.Model, path: Path) -> None:

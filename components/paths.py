@@ -68,9 +68,13 @@ class ProjectPaths:
     def validation_file(self) -> Path:
         return self.metrics_dir / "validation.json"
 
+    def history_file(self, stage: str) -> Path:
+        """One row per epoch of a training step (train, prune, qat): the curves of dvc plots and MLflow."""
+        return self.metrics_dir / f"{stage}_history.csv"
+
     @property
     def train_history(self) -> Path:
-        return self.metrics_dir / "train_history.csv"
+        return self.history_file("train")
 
     @property
     def release_predictions(self) -> Path:

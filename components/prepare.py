@@ -227,12 +227,19 @@ def stratified_split(labels: np.ndarray, config: DataConfig, classes: list[str],
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def prepare(config: DataConfig, raw_dir: Path, out_dir: Path, architecture: str = "small_cnn") -> dict:
+def prepare(
+    config: DataConfig,
+    raw_dir: Path,
+    out_dir: Path,
+    architecture: str = "small_cnn",
+    colour_model: bool = False,
+) -> dict:
     """Check every image in raw_dir, split, and write `<split>.npz` + manifest.json to out_dir.
 
     Every problem is found in one pass and reported together; with data.on_bad_image: skip, unreadable
     images are left out and listed in the manifest. `auto` image settings are decided here (channels from
-    the data, size from `architecture`) and recorded in the manifest. raw_dir is only read; out_dir is
+    the data or 3 for a `colour_model` (ImageNet weights), size from `architecture`) and recorded in the
+    manifest. raw_dir is only read; out_dir is
     replaced atomically. Returns the summary written to the manifest.
     """
     classes, images, problems = scan_image_folder(raw_dir)
@@ -263,7 +270,7 @@ def prepare(config: DataConfig, raw_dir: Path, out_dir: Path, architecture: str 
         raise EdgepipeError(describe_problems(raw_dir, blocking, skippable=config.on_bad_image == "error"))
     for problem in skipped:
         log.warning("skipped %s: %s%s", problem.path, problem.kind, problem.detail)
-    image = resolve_image(config.image, architecture, any_colour=colour)
+    image = resolve_image(config.image, architecture, any_colour=colour or colour_model)
     arrays = to_channels(np.stack(decoded), image["channels"])
     labels = np.array([item.label for item in kept], dtype=np.int64)
     files = [item.path for item in kept]
@@ -275,7 +282,14 @@ def prepare(config: DataConfig, raw_dir: Path, out_dir: Path, architecture: str 
         "image_chosen": {  # what `auto` decided, and why
             key: f"auto: {reason}"
             for key, reason in (
-                ("channels", "colour images found" if colour else "no image has colour"),
+                (
+                    "channels",
+                    "colour images found"
+                    if colour
+                    else "ImageNet weights take colour"
+                    if colour_model
+                    else "no image has colour",
+                ),
                 ("height", f"{architecture} input size"),
                 ("width", f"{architecture} input size"),
             )

@@ -11,7 +11,7 @@ import tensorflow_model_optimization as tfmot
 from components.atomic import write_json
 from components.config import PruneConfig
 from components.dataset import load_split
-from components.model import fit_classifier, load_model, save_model, seed_everything, sparsity
+from components.model import fit_classifier, load_model, save_model, seed_everything, sparsity, write_history
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,12 @@ def pruning_schedule(config: PruneConfig, steps_per_epoch: int) -> tfmot.sparsit
 
 
 def prune(
-    config: PruneConfig, prepared_dir: Path, float_model: Path, model_out: Path, metrics_out: Path
+    config: PruneConfig,
+    prepared_dir: Path,
+    float_model: Path,
+    model_out: Path,
+    metrics_out: Path,
+    history_out: Path,
 ) -> dict:
     train = load_split(prepared_dir, "train")
     seed_everything(0)
@@ -59,6 +64,7 @@ def prune(
         "val_accuracy": float(history.history["val_accuracy"][-1]),
     }
     save_model(stripped, model_out)
+    write_history(history_out, history.history)
     write_json(metrics_out, metrics)
     log.info("pruned: %s", metrics)
     return metrics

@@ -14,7 +14,7 @@ import tensorflow_model_optimization as tfmot
 from components.atomic import atomic_path, write_json
 from components.config import QatConfig
 from components.dataset import load_split
-from components.model import fit_classifier, load_model, seed_everything, sparsity
+from components.model import fit_classifier, load_model, seed_everything, sparsity, write_history
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,12 @@ def load_qat_model(pruned_model: Path, qat_weights: Path) -> object:
 
 
 def qat(
-    config: QatConfig, prepared_dir: Path, pruned_model: Path, weights_out: Path, metrics_out: Path
+    config: QatConfig,
+    prepared_dir: Path,
+    pruned_model: Path,
+    weights_out: Path,
+    metrics_out: Path,
+    history_out: Path,
 ) -> dict:
     seed_everything(0)
     pruned = load_model(pruned_model)
@@ -57,6 +62,7 @@ def qat(
     }
     with atomic_path(weights_out) as tmp:
         model.save_weights(tmp)
+    write_history(history_out, history.history)
     write_json(metrics_out, metrics)
     log.info("quantization-aware fine-tuning: %s", metrics)
     return metrics

@@ -6,8 +6,6 @@ Tracking store: MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db (MLflow'
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 import re
@@ -18,13 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import cloudpickle
 import mlflow
-import mlflow.data
 import numpy as np
 import onnx
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 import components.litert_pyfunc
 import components.runtimes
@@ -161,38 +157,11 @@ def validation_metrics(report: dict) -> dict[str, float]:
     return metrics
 
 
-@dataclass(frozen=True)
-class RunDetails:
-    """What makes the MLflow run page readable: the training curves, the data, a description."""
+def log_run_details(description: str, prepared_dir: Path, report: dict) -> None:
+    """The results as the run's description (the page's first lines), the confusion matrices as a file."""
+    from components.tracking import DESCRIPTION_TAG, fit_tag
 
-    history_file: Path  # train_history.csv: one row per epoch
-    data_dir: Path  # the DVC-tracked raw folder, the dataset's source
-    data_digest: str  # its DVC md5
-    class_counts: dict[str, int]
-    description: str  # Markdown: the results table
-
-
-def log_run_details(details: RunDetails, prepared_dir: Path, report: dict) -> None:
-    """Per-epoch curves with steps (the UI draws them as charts), the dataset as MLflow inputs (DVC md5
-    as digest, the data folder as source, class counts as tags), the results as the run's description."""
-    with details.history_file.open() as handle:
-        for row in csv.DictReader(handle):
-            step = int(row.pop("epoch"))
-            mlflow.log_metrics({f"train.{name}": float(value) for name, value in row.items()}, step=step)
-    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
-        x, y = load_split(prepared_dir, split)
-        dataset = mlflow.data.from_numpy(
-            x,
-            targets=y,
-            source=str(details.data_dir),
-            name=f"{details.data_dir.name}-{split}",
-            digest=details.data_digest[:32],
-        )
-        mlflow.log_input(dataset, context=context, tags={"class_counts": json.dumps(details.class_counts)})
-    description = details.description
-    if len(description) > MAX_TAG_VAL_LENGTH:  # the store's limit for a tag; the whole report is an artifact
-        description = description[: MAX_TAG_VAL_LENGTH - 60] + "\n\n… (the whole report: reports/report.md)"
-    mlflow.set_tag("mlflow.note.content", description)
+    mlflow.set_tag(DESCRIPTION_TAG, fit_tag(description))
     if "confusion" in report:
         classes = read_dataset_info(prepared_dir).classes  # rows and columns, in label order
         mlflow.log_dict({"classes": classes, **report["confusion"]}, "confusion_matrices.json")
@@ -210,8 +179,12 @@ def register(
     tags: dict[str, str],
     version_tags: dict[str, str],
     run_name: str | None = None,
-    details: RunDetails | None = None,
+    description: str | None = None,
+    run_id: str | None = None,
 ) -> Registration:
+    """Log the validation matrix, sizes and files to the pipeline's MLflow run (`run_id`, or a new run named
+    `run_name` when the store was not reachable when the pipeline started) and, when the gates passed,
+    register the release file as a model version."""
     uri = tracking_uri(root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
@@ -219,14 +192,15 @@ def register(
     release = get_format(RELEASE_FORMAT)
     x_example, _ = load_split(prepared_dir, "test")
     x_example = x_example[:4]
-    with mlflow.start_run(run_name=run_name) as run:
+    # Resuming the run marks it FINISHED on exit (FAILED on an error); the flow sets its final status.
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
         mlflow.set_tags(tags)
         mlflow.log_params(flatten("", params.model_dump(mode="json")))
         mlflow.log_metrics({"float_accuracy": report["float_accuracy"], **extra_metrics})
         mlflow.log_metrics(validation_metrics(report))
         mlflow.log_metric("gates_passed", float(report["gates"]["passed"]))
-        if details is not None:
-            log_run_details(details, prepared_dir, report)
+        if description is not None:
+            log_run_details(description, prepared_dir, report)
         if report["gates"]["failures"]:  # visible in the run list; the whole list is in validation.json
             mlflow.set_tag("gate_failures", "; ".join(report["gates"]["failures"])[:4900])
         for path in files:

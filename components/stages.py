@@ -15,6 +15,7 @@ from pathlib import Path
 from components.atomic import read_json, write_json
 from components.config import Params
 from components.formats import RELEASE_FORMAT, by_container, get_format
+from components.hashing import file_digest
 from components.paths import ProjectPaths
 
 COMMON_CODE = ("components/config.py", "components/dataset.py")
@@ -34,18 +35,39 @@ class Stage:
     plots: Callable[[ProjectPaths], dict[Path, dict]] = field(default=lambda p: {})
     # run() takes `map_fn` for its independent per-format work, which the flow hands to a Prefect task runner
     fans_out: bool = False
+    # Files that params.yaml names and dvc.yaml cannot list (they may not exist, e.g. model.pretrained). The
+    # step records each one's sha256 in its metrics (`<name>: {sha256: ...}`); the flow re-runs it when one
+    # changed, and they are part of its Prefect cache key.
+    named_inputs: Callable[[Params, ProjectPaths], dict[str, Path]] = field(default=lambda params, p: {})
 
     def dep_paths(self, paths: ProjectPaths, params: Params) -> tuple[Path, ...]:
         """Every file or folder whose content decides this step's result, raw data resolved."""
         code = tuple(paths.root / c for c in (*COMMON_CODE, *self.code))
         data = tuple(paths.raw_dir(params.data) if p == Path(RAW_DATA_DEP) else p for p in self.deps(paths))
-        return code + data
+        return code + data + tuple(self.named_inputs(params, paths).values())
+
+    def named_inputs_unchanged(self, params: Params, paths: ProjectPaths) -> bool:
+        """True when every named input has the sha256 the step's metrics recorded when it last ran."""
+        named = self.named_inputs(params, paths)
+        if not named:
+            return True
+        recorded = read_json(self.metrics(paths)) if self.metrics(paths).is_file() else {}
+        return all(
+            path.is_file() and recorded.get(name, {}).get("sha256") == file_digest(path)
+            for name, path in named.items()
+        )
 
 
 def _prepare(params: Params, paths: ProjectPaths) -> dict:
     from components.prepare import prepare
 
-    summary = prepare(params.data, paths.raw_dir(params.data), paths.prepared_dir, params.model.architecture)
+    summary = prepare(
+        params.data,
+        paths.raw_dir(params.data),
+        paths.prepared_dir,
+        params.model.architecture,
+        colour_model=params.model.pretrained == "imagenet",
+    )
     write_json(
         paths.metrics_file("prepare"),
         {
@@ -60,6 +82,7 @@ def _prepare(params: Params, paths: ProjectPaths) -> dict:
 
 
 def _train(params: Params, paths: ProjectPaths) -> dict:
+    from components.pretrained import weights_file
     from components.train import train
 
     return train(
@@ -69,14 +92,27 @@ def _train(params: Params, paths: ProjectPaths) -> dict:
         paths.float_model,
         paths.metrics_file("train"),
         paths.train_history,
+        pretrained_file=weights_file(params.model, params.data.image, paths.root),
     )
+
+
+def _pretrained_file(params: Params, paths: ProjectPaths) -> dict[str, Path]:
+    """model.pretrained when it is a file of the user's (imagenet weights are fixed by their name)."""
+    if params.model.pretrained in ("none", "imagenet"):
+        return {}
+    return {"pretrained": paths.root / params.model.pretrained}
 
 
 def _prune(params: Params, paths: ProjectPaths) -> dict:
     from components.prune import prune
 
     return prune(
-        params.prune, paths.prepared_dir, paths.float_model, paths.pruned_model, paths.metrics_file("prune")
+        params.prune,
+        paths.prepared_dir,
+        paths.float_model,
+        paths.pruned_model,
+        paths.metrics_file("prune"),
+        paths.history_file("prune"),
     )
 
 
@@ -84,7 +120,12 @@ def _qat(params: Params, paths: ProjectPaths) -> dict:
     from components.qat import qat
 
     return qat(
-        params.qat, paths.prepared_dir, paths.pruned_model, paths.qat_weights, paths.metrics_file("qat")
+        params.qat,
+        paths.prepared_dir,
+        paths.pruned_model,
+        paths.qat_weights,
+        paths.metrics_file("qat"),
+        paths.history_file("qat"),
     )
 
 
@@ -173,8 +214,9 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "train",
         ("model", "train"),
-        ("components/train.py", "components/model.py"),
+        ("components/train.py", "components/model.py", "components/pretrained.py"),
         deps=lambda p: (p.prepared_dir,),
+        named_inputs=_pretrained_file,
         outs=lambda p: (p.float_model,),
         metrics=lambda p: p.metrics_file("train"),
         run=_train,
@@ -190,6 +232,13 @@ STAGES: tuple[Stage, ...] = (
         outs=lambda p: (p.pruned_model,),
         metrics=lambda p: p.metrics_file("prune"),
         run=_prune,
+        plots=lambda p: {
+            p.history_file("prune"): {
+                "x": "epoch",
+                "y": "val_accuracy",
+                "title": "Pruning: validation accuracy",
+            }
+        },
     ),
     Stage(
         "qat",
@@ -199,6 +248,13 @@ STAGES: tuple[Stage, ...] = (
         outs=lambda p: (p.qat_weights,),
         metrics=lambda p: p.metrics_file("qat"),
         run=_qat,
+        plots=lambda p: {
+            p.history_file("qat"): {
+                "x": "epoch",
+                "y": "val_accuracy",
+                "title": "Quantization-aware fine-tuning: validation accuracy",
+            }
+        },
     ),
     Stage(
         "export_tflite",

@@ -4,18 +4,18 @@ that stops the run when the model did not learn."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
-from components.atomic import atomic_path, write_json
+from components.atomic import write_json
 from components.config import AugmentConfig, ModelConfig, TrainConfig
 from components.dataset import DatasetInfo, load_split, read_dataset_info
 from components.errors import EdgepipeError
-from components.model import build_model, fit_classifier, keras, save_model, seed_everything
+from components.model import build_model, fit_classifier, keras, save_model, seed_everything, write_history
+from components.pretrained import LoadedWeights, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -67,52 +67,115 @@ def train(
     model_out: Path,
     metrics_out: Path,
     history_out: Path,
+    pretrained_file: Path | None = None,
 ) -> dict:
+    """Train the float model (from model.pretrained weights in two phases when `pretrained_file` is given),
+    keep the best epoch, and save it only if it learned."""
     info = read_dataset_info(prepared_dir)
     train_split, val_split = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
     seed_everything(config.seed)
     model = build_model(model_config, info.input_shape, info.num_classes)
-    keep_best = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.patience, restore_best_weights=True
-    )
-    learning_rate = config.learning_rate
-    if config.schedule == "cosine":
-        steps = math.ceil(len(train_split[1]) / config.batch_size) * config.epochs
-        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.01)
-    history = fit_classifier(
-        model,
-        train_split,
-        val_split,
-        learning_rate,
-        config.epochs,
-        config.batch_size,
-        callbacks=(keep_best,),
-        augmentation=augmentation_layers(config.augment, info, config.seed),
-        class_weight=(
-            balanced_class_weights(train_split[1], info.num_classes)
-            if config.class_weights == "balanced"
-            else None
-        ),
-    )
-    epochs_run = len(history.history["val_loss"])
-    best = keep_best.best_epoch  # its weights are the ones restored
+    fit = _Fitter(config, info, train_split, val_split)
+    loaded = None
+    if pretrained_file is None:
+        history, best = fit(model, config.learning_rate, config.epochs)
+    else:
+        loaded = load_weights(model, model_config.pretrained, pretrained_file)
+        history, best = fit_from_pretrained(model, loaded, fit, config)
+    epochs_run = len(history["val_loss"])
     # train accuracy is measured on the augmented batches; val accuracy is what the exported model will do
     metrics = {
-        "val_accuracy": float(history.history["val_accuracy"][best]),
-        "train_accuracy": float(history.history["accuracy"][best]),
+        "val_accuracy": float(history["val_accuracy"][best]),
+        "train_accuracy": float(history["accuracy"][best]),
         "best_epoch": best + 1,
         "epochs_run": epochs_run,
         "parameters": int(model.count_params()),
         "learning_bar": learning_bar(config, val_split[1]),
     }
+    if loaded is not None:
+        metrics["pretrained"] = {
+            "source": loaded.source,
+            "file": loaded.file.name,
+            "sha256": loaded.sha256,
+            "layers_loaded": len(loaded.layers_loaded),
+            "layers_new": len(loaded.layers_new),
+        }
     metrics["learned"] = metrics["val_accuracy"] >= metrics["learning_bar"]
-    write_history(history_out, history.history)
+    write_history(history_out, history)
     write_json(metrics_out, metrics)
     if not metrics["learned"]:
         raise EdgepipeError(diagnosis(metrics, model_config, info, history_out))
     save_model(model, model_out)
     log.info("trained %s: %s", model_config.architecture, metrics)
     return metrics
+
+
+class _Fitter:
+    """One training phase with the recipe: augmentation, class weights, a cosine schedule over the phase,
+    early stopping on val loss with the best epoch's weights restored."""
+
+    def __init__(self, config: TrainConfig, info: DatasetInfo, train_split, val_split) -> None:
+        self.config, self.train_split, self.val_split = config, train_split, val_split
+        self.augmentation = augmentation_layers(config.augment, info, config.seed)
+        self.class_weight = (
+            balanced_class_weights(train_split[1], info.num_classes)
+            if config.class_weights == "balanced"
+            else None
+        )
+
+    def __call__(self, model, peak_learning_rate: float, epochs: int) -> tuple[dict[str, list], int]:
+        config = self.config
+        keep_best = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True
+        )
+        learning_rate = peak_learning_rate
+        if config.schedule == "cosine":
+            steps = math.ceil(len(self.train_split[1]) / config.batch_size) * epochs
+            learning_rate = keras.optimizers.schedules.CosineDecay(peak_learning_rate, steps, alpha=0.01)
+        history = fit_classifier(
+            model,
+            self.train_split,
+            self.val_split,
+            learning_rate,
+            epochs,
+            config.batch_size,
+            callbacks=(keep_best,),
+            augmentation=self.augmentation,
+            class_weight=self.class_weight,
+        )
+        # best_epoch stays 0 when the phase ran fewer epochs than patience and never improved on epoch 1
+        return history.history, keep_best.best_epoch
+
+
+def fit_from_pretrained(model, loaded: LoadedWeights, fit: _Fitter, config: TrainConfig) -> tuple[dict, int]:
+    """Phase 1: the pretrained layers frozen, the new ones (the head) trained at train.learning_rate.
+    Phase 2: the top train.transfer.unfreeze of the pretrained layers trained too, at the lower
+    train.transfer.learning_rate, for up to train.epochs. Batch norm stays frozen in both phases (it then
+    keeps the statistics it learned, as Keras' transfer-learning guide advises). Returns both phases'
+    history, one row per epoch, and the best epoch (of phase 2, counted from the start)."""
+    transfer = config.transfer
+    pretrained = [layer for layer in model.layers if layer.name in loaded.layers_loaded]
+    _freeze(model, pretrained)
+    head: dict[str, list] = {}
+    if transfer.head_epochs:
+        head, _ = fit(model, config.learning_rate, transfer.head_epochs)
+    top = pretrained[len(pretrained) - round(transfer.unfreeze * len(pretrained)) :]
+    _freeze(model, [layer for layer in pretrained if layer not in top or _is_batch_norm(layer)])
+    tuned, best = fit(model, transfer.learning_rate, config.epochs)
+    for layer in model.layers:  # what prune and QAT load must be trainable again
+        layer.trainable = True
+    phases = {key: head.get(key, []) + tuned[key] for key in tuned}
+    phases["phase"] = [1] * len(head.get("loss", [])) + [2] * len(tuned["loss"])
+    return phases, len(head.get("loss", [])) + best
+
+
+def _is_batch_norm(layer) -> bool:
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def _freeze(model, frozen: list) -> None:
+    for layer in model.layers:
+        layer.trainable = layer not in frozen
 
 
 def diagnosis(metrics: dict, model_config: ModelConfig, info: DatasetInfo, history_file: Path) -> str:
@@ -142,13 +205,3 @@ def diagnosis(metrics: dict, model_config: ModelConfig, info: DatasetInfo, histo
         f"{history_file} (`dvc plots show`)."
     )
     return "\n".join(lines)
-
-
-def write_history(path: Path, history: dict[str, list[float]]) -> None:
-    """One row per epoch (epoch, loss, accuracy, val_loss, val_accuracy): the curves `dvc plots` draws."""
-    columns = sorted(c for c in history if c != "lr")
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["epoch", *columns])
-        for epoch, values in enumerate(zip(*(history[c] for c in columns), strict=True), start=1):
-            writer.writerow([epoch, *(f"{v:.6f}" for v in values)])

@@ -25,9 +25,9 @@ from components.formats import FORMATS, RELEASE_FORMAT, get_format
 from components.hashing import file_digest
 from components.paths import ProjectPaths
 from components.prepare import describe_data, ensure_raw_data
+from components.pretrained import weights_file
 from components.register import (
     Registration,
-    RunDetails,
     check_reachable,
     existing_version,
     next_version,
@@ -38,6 +38,7 @@ from components.register import (
 from components.release import commit_and_tag, delete_tag, release_files, tag_name
 from components.report import to_markdown
 from components.stages import STAGES, get_stage
+from components.tracking import PipelineRun
 from components.validate import grouped_failures
 from flows.caching import stage_cache_key
 from flows.orchestration import Timeout, project_lock, task_runner_map
@@ -100,9 +101,19 @@ def release_accuracy(report: dict) -> float | None:
     return None  # it did not load: the gates have failed
 
 
+def input_tags(prepare_metrics: dict) -> dict[str, str]:
+    """The model input `prepare` decided, and why (`auto` or params.yaml), as MLflow run tags."""
+    data = prepare_metrics
+    chosen = "; ".join(f"{k} {v}" for k, v in data.get("image_chosen", {}).items())
+    return {
+        "input_shape": f"{data['image_height']}x{data['image_width']}x{data['image_channels']}",
+        "input_chosen": chosen or "params.yaml",
+    }
+
+
 @task(name="register")
 def register_task(
-    params: Params, params_file: Path, root: Path, report: dict, stage_metrics: dict
+    params: Params, params_file: Path, root: Path, report: dict, stage_metrics: dict, run_id: str | None
 ) -> Registration:
     """The MLflow run, and for a gate-passing run the release: git commit + tag `<model>@v<N>`, MLflow
     version N tagged with it, the champion alias. A failure after tagging removes the tag, so a re-run
@@ -128,16 +139,15 @@ def register_task(
         version_tags["git_tag"] = git_release.tag
     data = read_json(paths.metrics_file("prepare"))
     run_tags = {
-        "input_shape": f"{data['image_height']}x{data['image_width']}x{data['image_channels']}",
-        "input_chosen": "; ".join(f"{k} {v}" for k, v in data.get("image_chosen", {}).items())
-        or "params.yaml",
+        **input_tags(data),
         "git_commit": versioning.git_commit(root),
         "params_hash": params.section_digest(*Params.model_fields),
         "prefect_flow_run_id": str(flow_run.id),
     }
     version_tags = {**run_tags, **version_tags}
     files = [fmt.path(paths.export_dir) for fmt in FORMATS] + [paths.reports_dir, paths.mcu_dir]
-    files += [stage.metrics(paths) for stage in STAGES] + [paths.train_history, paths.release_predictions]
+    files += [stage.metrics(paths) for stage in STAGES] + [paths.release_predictions]
+    files += [paths.history_file(name) for name in ("train", "prune", "qat")]
     mcu = stage_metrics["mcu"]
     extra = {
         "sparsity": stage_metrics["qat"]["sparsity"],
@@ -159,13 +169,8 @@ def register_task(
             run_tags,
             version_tags,
             run_name=flow_run.name,
-            details=RunDetails(
-                history_file=paths.train_history,
-                data_dir=paths.raw_dir(params.data),
-                data_digest=versioning.data_md5(paths.raw_dir(params.data)),
-                class_counts=read_json(paths.prepared_dir / "manifest.json").get("class_counts", {}),
-                description=describe_data(data) + "\n\n" + paths.report_file.read_text(),
-            ),
+            description=describe_data(data) + "\n\n" + paths.report_file.read_text(),
+            run_id=run_id,
         )
     except BaseException:
         if git_release is not None and git_release.created:
@@ -216,16 +221,57 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
 def _run_pipeline(
     params: Params, params_file: Path, root: Path, paths: ProjectPaths, push: bool, logger
 ) -> dict:
+    weights_file(params.model, params.data.image, root)  # missing weights: stop before anything changes
+    run_tags = {
+        "prefect_flow_run_id": str(flow_run.id),
+        "git_commit": versioning.git_commit(root),
+        "params_hash": params.section_digest(*Params.model_fields),
+    }
+    tracking = PipelineRun(tracking_uri(root), params.mlflow.experiment, flow_run.name, run_tags, params)
+    tracking.open()
+    try:
+        result = _run_steps(params, params_file, root, paths, push, logger, tracking)
+    except BaseException as error:
+        tracking.end(error)
+        raise
+    tracking.end(None)
+    return result
+
+
+def _run_steps(
+    params: Params,
+    params_file: Path,
+    root: Path,
+    paths: ProjectPaths,
+    push: bool,
+    logger,
+    tracking: PipelineRun,
+) -> dict:
     ingest(params, root)
     results = {}
     for stage in STAGES:
         # A cached result only counts while the outputs on disk are still the ones dvc.lock records.
-        outputs_intact = versioning.stage_is_current(root, stage.name)
+        outputs_intact = versioning.stage_is_current(root, stage.name) and stage.named_inputs_unchanged(
+            params, paths
+        )
         step = run_stage.with_options(name=stage.name, refresh_cache=not outputs_intact)
-        results[stage.name] = step(stage.name, params, root, outputs_intact)
+        try:
+            results[stage.name] = step(stage.name, params, root, outputs_intact)
+        except EdgepipeError:
+            if stage.name == "train":  # it did not learn: the diagnosis wrote the curves that show it
+                tracking.log_history(stage.name, paths.history_file(stage.name))
+            raise
+        if paths.history_file(stage.name).is_file():
+            tracking.log_history(stage.name, paths.history_file(stage.name))
         if stage.name == "prepare":
             data = read_json(paths.metrics_file("prepare"))
             logger.info("%s", describe_data(data))
+            raw_dir = paths.raw_dir(params.data)
+            manifest = read_json(paths.prepared_dir / "manifest.json")
+            tracking.log_dataset(
+                paths.prepared_dir, raw_dir, versioning.data_md5(raw_dir), manifest["class_counts"]
+            )
+            tracking.set_tags({**input_tags(data), "mlflow.note.content": describe_data(data)})
     report = results["validate"]
 
     table = to_markdown(report, sparsity=results["qat"]["sparsity"])
@@ -239,8 +285,10 @@ def _run_pipeline(
     register = register_task.with_options(
         retries=params.mlflow.retries, retry_delay_seconds=params.mlflow.retry_delay_seconds
     )
+    tracking.open()  # the store may answer now if it did not when the run started
     if not report["gates"]["passed"]:
-        registration = register(params, params_file, root, report, results)  # the run, for the record
+        registration = register(params, params_file, root, report, results, tracking.run_id)  # for the record
+        tracking.run_id = registration.run_id
         raise EdgepipeError(
             "release gates failed, nothing registered or pushed.\n"
             + grouped_failures(report["gates"]["failures"])
@@ -248,7 +296,8 @@ def _run_pipeline(
         )
     # The remote holds the bytes before any registry points at them.
     pushed = push_task(root) if push else None  # None: not asked to push
-    registration = register(params, params_file, root, report, results)
+    registration = register(params, params_file, root, report, results, tracking.run_id)
+    tracking.run_id = registration.run_id
     return {
         "report": report,
         "registration": registration,

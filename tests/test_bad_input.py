@@ -382,8 +382,10 @@ class CliCase:
     damage: Callable[[Path], object]  # applied to the project folder
     message: tuple[str, ...]  # fragments of what follows "edgepipe error:" on stderr
     starts_prefect: bool  # False: refused before Prefect's temporary server starts
+    env: dict[str, str] = field(default_factory=dict)
 
 
+IMAGENET_0_35_96 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5"
 CLI_CASES = [
     CliCase(
         "misspelt-params-key",
@@ -412,6 +414,39 @@ CLI_CASES = [
         ("data/raw/empty class: class folder has no images", "Add images or remove the folder."),
         starts_prefect=True,
     ),
+    CliCase(
+        "pretrained-file-missing",
+        lambda root: write_params(root / "params.yaml", {"model.pretrained": "weights/old.keras"}),
+        (
+            "model.pretrained:",
+            "weights/old.keras not found.",
+            "e.g. the models/float.keras of an earlier run",
+        ),
+        starts_prefect=True,
+    ),
+    CliCase(
+        "imagenet-weights-offline",
+        lambda root: (
+            (root.parent / "home" / ".keras").mkdir(parents=True),  # an empty Keras cache
+            write_params(
+                root / "params.yaml",
+                {
+                    "model.architecture": "mobilenet_v2",
+                    "model.width_multiplier": 0.35,
+                    "model.pretrained": "imagenet",
+                    "data.image": {"height": 96, "width": 96, "channels": "auto"},
+                },
+            ),
+        ),
+        (
+            f"model.pretrained: imagenet needs {IMAGENET_0_35_96}, which is not in the Keras cache",
+            "could not be downloaded",
+            f"/home/.keras/models/{IMAGENET_0_35_96}, then run again. Nothing was changed.",
+        ),
+        starts_prefect=True,
+        # HOME: the empty Keras cache; a download that fails at once, as offline: never a real download
+        env={"EDGEPIPE_KERAS_WEIGHTS_URL": "http://127.0.0.1:9/", "HOME": "{base}/home"},
+    ),
 ]
 
 
@@ -437,6 +472,7 @@ def run_edgepipe(base: Path, case: CliCase) -> CliRun:
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"
     env["PREFECT_HOME"] = str(base / "prefect-home")
+    env.update({key: value.format(base=base) for key, value in case.env.items()})
     result = subprocess.run(
         [*edgepipe_command(), "run"], cwd=root, env=env, capture_output=True, text=True, timeout=600
     )

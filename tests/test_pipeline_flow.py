@@ -126,9 +126,10 @@ def test_mlflow_run_page_has_curves_dataset_input_and_description(first_run):
     client = MlflowClient(first_run["uri"])
     run_id = first_run["result"]["registration"].run_id
     mlflow_run = client.get_run(run_id)
-    history = (ProjectPaths(first_run["root"]).train_history).read_text().splitlines()
-    curve = client.get_metric_history(run_id, "train.val_accuracy")
-    assert [m.step for m in curve] == list(range(1, len(history)))  # one point per epoch (header excluded)
+    for stage in ("train", "prune", "qat"):
+        history = ProjectPaths(first_run["root"]).history_file(stage).read_text().splitlines()
+        curve = client.get_metric_history(run_id, f"{stage}.val_accuracy")
+        assert [m.step for m in curve] == list(range(1, len(history)))  # one point per epoch, no header
     raw_dvc = yaml.safe_load((first_run["root"] / "data" / "raw.dvc").read_text())
     inputs = {d.dataset.name: d for d in mlflow_run.inputs.dataset_inputs}
     assert set(inputs) == {"raw-train", "raw-val", "raw-test"}
@@ -145,6 +146,19 @@ def test_mlflow_run_page_has_curves_dataset_input_and_description(first_run):
     matrices = mlflow.artifacts.load_dict(f"runs:/{run_id}/confusion_matrices.json")
     assert matrices["classes"] == ["bars", "diagonal", "stripes"]
     assert sum(map(sum, matrices["release"])) == first_run["result"]["report"]["test_images"]
+
+
+def test_the_mlflow_run_spans_the_pipeline_run(first_run):
+    """Opened when the flow started (before training), closed FINISHED when it ended."""
+    mlflow_run = MlflowClient(first_run["uri"]).get_run(first_run["result"]["registration"].run_id)
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(first_run["flow_run_id"])
+    assert mlflow_run.info.status == "FINISHED"
+    mlflow_start = mlflow_run.info.start_time / 1000
+    mlflow_end = mlflow_run.info.end_time / 1000
+    trained = (ProjectPaths(first_run["root"]).float_model).stat().st_mtime
+    assert flow_run.start_time.timestamp() <= mlflow_start < trained  # before any model existed
+    assert 0 <= flow_run.end_time.timestamp() - mlflow_end < 10  # the last thing the flow did
 
 
 def test_registered_pyfunc_serves_the_tflite_with_litert(first_run):
@@ -285,8 +299,38 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
+    assert runs[0].info.status == "FAILED"  # the run ended with the flow, with its error
+    assert runs[0].data.tags["error"].startswith("release gates failed, nothing registered or pushed.")
+    assert runs[0].data.tags["mlflow.note.content"].startswith("**Failed**:\n\n    release gates failed")
     assert runs[0].data.metrics["gates_passed"] == 0.0
     assert "gates.max_arena_bytes 1000" in runs[0].data.tags["gate_failures"]
     assert "registered_version" not in runs[0].data.tags
     report = yaml.safe_load((root / "metrics" / "validation.json").read_text())
     assert not report["gates"]["passed"]
+
+
+def test_a_run_from_a_weights_file_trains_in_two_phases_and_releases(first_run, tmp_path):
+    """model.pretrained: the float model of the first run, as a user starts from an earlier run's model."""
+    root = tmp_path / "transfer"
+    shutil.copytree(first_run["root"], root, symlinks=True)
+    shutil.copy2(ProjectPaths(root).float_model, root / "start.keras")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["model"]["pretrained"] = "start.keras"
+    params["train"]["transfer"] = {"head_epochs": 3}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        result = pipeline(params_path="params.yaml", project_dir=str(root), push=False)
+    trained = json.loads((root / "metrics" / "train.json").read_text())
+    assert trained["pretrained"]["sha256"] == hashlib.sha256((root / "start.keras").read_bytes()).hexdigest()
+    assert trained["pretrained"]["layers_loaded"] == 8 and trained["pretrained"]["layers_new"] == 1
+    phases = [row.split(",")[-1] for row in ProjectPaths(root).train_history.read_text().splitlines()[1:]]
+    assert phases[:3] == ["1", "1", "1"] and set(phases[3:]) == {"2"}
+    assert result["report"]["gates"]["passed"] and result["registration"].version == "1"
+    assert (
+        MlflowClient(result["registration"].tracking_uri)
+        .get_run(result["registration"].run_id)
+        .data.params["model.pretrained"]
+        == "start.keras"
+    )
