@@ -6,6 +6,9 @@ folders whose names have capitals and spaces.
 
 - `shapes`: the class is the shape (circle, square, triangle, plus); colours are random, so only shape
   tells the classes apart. Balanced.
+- `outlines`: the same with other shapes (star, pentagon, X, half disc): the target of the
+  transfer-learning benchmark, whose source is a large `shapes` folder (other classes, same kind of
+  images).
 - `signs`: road-sign-like plates (red octagon, red triangle, blue square, yellow diamond, green circle):
   colour and shape tell the class, under other light, on cluttered scenes. Balanced.
 - `produce`: the class is colour and shape together (a red round tomato, a yellow oval lemon, ...), with
@@ -65,6 +68,51 @@ def _plus(draw, centre, radius, rng, colour=None):
     draw.rectangle((cx - half, cy - arm, cx + half, cy + arm), fill=fill)
 
 
+def _star(draw, centre, radius, rng, colour=None):
+    cx, cy = centre
+    turn = rng.uniform(0, 2 * math.pi)
+    points = [
+        (
+            cx + r * math.cos(turn + math.pi * k / 5),
+            cy + r * math.sin(turn + math.pi * k / 5),
+        )
+        for k, r in zip(range(10), [radius * 1.2, radius * 0.5] * 5, strict=True)
+    ]
+    draw.polygon(points, fill=colour or _random_colour(rng))
+
+
+def _pentagon(draw, centre, radius, rng, colour=None):
+    draw.polygon(
+        _polygon(centre, radius * 1.15, 5, rng.uniform(0, 2 * math.pi)), fill=colour or _random_colour(rng)
+    )
+
+
+def _cross(draw, centre, radius, rng, colour=None):
+    """An X: two bars at +-45 degrees (give or take 15)."""
+    cx, cy = centre
+    fill = colour or _random_colour(rng)
+    tilt = math.pi / 4 + rng.uniform(-0.26, 0.26)
+    for angle in (tilt, tilt + math.pi / 2):
+        dx, dy = math.cos(angle), math.sin(angle)
+        half = radius * 0.3
+        draw.polygon(
+            [
+                (cx + radius * dx - half * dy, cy + radius * dy + half * dx),
+                (cx + radius * dx + half * dy, cy + radius * dy - half * dx),
+                (cx - radius * dx + half * dy, cy - radius * dy - half * dx),
+                (cx - radius * dx - half * dy, cy - radius * dy + half * dx),
+            ],
+            fill=fill,
+        )
+
+
+def _half_disc(draw, centre, radius, rng, colour=None):
+    cx, cy = centre
+    start = rng.uniform(0, 360)
+    box = (cx - radius * 1.1, cy - radius * 1.1, cx + radius * 1.1, cy + radius * 1.1)
+    draw.pieslice(box, start, start + 180, fill=colour or _random_colour(rng))
+
+
 def _oval(draw, centre, radius, rng, colour, aspect=0.6):
     cx, cy = centre
     draw.ellipse((cx - radius, cy - radius * aspect, cx + radius, cy + radius * aspect), fill=colour)
@@ -100,6 +148,12 @@ DATASETS: dict[str, dict[str, tuple[Painter, float]]] = {
         "Square Tile": (_square, 1.0),
         "Triangle": (_triangle, 1.0),
         "Plus Sign": (_plus, 1.0),
+    },
+    "outlines": {  # like `shapes` (random colours, only the outline tells), with other shapes
+        "Star": (_star, 1.0),
+        "Pentagon": (_pentagon, 1.0),
+        "Cross X": (_cross, 1.0),
+        "Half Disc": (_half_disc, 1.0),
     },
     "signs": {
         "Stop": (_produce((190, 25, 30), _polygon_painter(8)), 1.0),
