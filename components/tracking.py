@@ -145,8 +145,8 @@ class PipelineRun:
                 client.set_tag(self.run_id, "error", fit_tag(message))
                 described = client.get_run(self.run_id).data.tags.get(DESCRIPTION_TAG, "")
                 headline = "**Failed**" if not cancelled else "**Cancelled**"
-                indented = "\n".join(f"    {line}" for line in message.splitlines())
-                text = f"{headline}:\n\n{indented}\n\n{described}"
+                quoted = "\n>\n".join(f"> {line}" for line in message.splitlines())  # wraps, unlike code
+                text = f"{headline}:\n\n{quoted}\n\n{described}"
                 client.set_tag(self.run_id, DESCRIPTION_TAG, fit_tag(text))
             client.set_terminated(self.run_id, status)
         except Exception as exc:

@@ -301,7 +301,7 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
     )
     assert runs[0].info.status == "FAILED"  # the run ended with the flow, with its error
     assert runs[0].data.tags["error"].startswith("release gates failed, nothing registered or pushed.")
-    assert runs[0].data.tags["mlflow.note.content"].startswith("**Failed**:\n\n    release gates failed")
+    assert runs[0].data.tags["mlflow.note.content"].startswith("**Failed**:\n\n> release gates failed")
     assert runs[0].data.metrics["gates_passed"] == 0.0
     assert "gates.max_arena_bytes 1000" in runs[0].data.tags["gate_failures"]
     assert "registered_version" not in runs[0].data.tags
