@@ -133,6 +133,7 @@ FORMATS: tuple[ExportFormat, ...] = (
             "activation_type": "QUInt8",
             "weight_type": "QInt8",
             "per_channel": True,
+            "reduce_range": True,
             "calibration": "train split",
         },
         (RuntimeTarget("onnxruntime"), *_opencv(new_note=_OPENCV_NEW_INT8)),
