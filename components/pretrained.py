@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import ARCHITECTURE_INPUT_SIZE, IMAGENET_SIZES, ImageSpec, ModelConfig
+from components.config import IMAGENET_SIZES, ImageSpec, ModelConfig
 from components.errors import EdgepipeError
 from components.hashing import file_digest
 
@@ -62,9 +62,10 @@ def weights_file(config: ModelConfig, image: ImageSpec, root: Path) -> Path | No
                 "or .h5 weights file, e.g. the models/float.keras of an earlier run; or set it to none."
             )
         return path
-    default = ARCHITECTURE_INPUT_SIZE[config.architecture]
-    height, width = (default if v == "auto" else v for v in (image.height, image.width))
-    name = imagenet_file_name(config.width_multiplier, height, width)
+    from components.prepare import resolve_image  # the same `auto` size prepare decides
+
+    size = resolve_image(image, config.architecture, any_colour=True)
+    name = imagenet_file_name(config.width_multiplier, size["height"], size["width"])
     cache = keras_cache_dirs()
     for folder in cache:
         if (folder / name).is_file():

@@ -195,7 +195,8 @@ def register(
     # Resuming the run marks it FINISHED on exit (FAILED on an error); the flow sets its final status.
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
         mlflow.set_tags(tags)
-        mlflow.log_params(flatten("", params.model_dump(mode="json")))
+        if run_id is None:  # a run opened by components.tracking has its params already
+            mlflow.log_params(flatten("", params.model_dump(mode="json")))
         mlflow.log_metrics({"float_accuracy": report["float_accuracy"], **extra_metrics})
         mlflow.log_metrics(validation_metrics(report))
         mlflow.log_metric("gates_passed", float(report["gates"]["passed"]))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.entities import DatasetInput, InputTag, Param, RunStatus
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
@@ -93,8 +93,6 @@ class PipelineRun:
             rows = list(csv.DictReader(handle))
 
         def action(client: MlflowClient, run_id: str) -> None:
-            from mlflow.entities import Metric
-
             metrics = [
                 Metric(f"{stage}.{name}", float(value), 0, int(row["epoch"]))
                 for row in rows

@@ -38,7 +38,7 @@ from components.register import (
 from components.release import commit_and_tag, delete_tag, release_files, tag_name
 from components.report import to_markdown
 from components.stages import STAGES, get_stage
-from components.tracking import PipelineRun
+from components.tracking import DESCRIPTION_TAG, PipelineRun
 from components.validate import grouped_failures
 from flows.caching import stage_cache_key
 from flows.orchestration import Timeout, project_lock, task_runner_map
@@ -101,6 +101,15 @@ def release_accuracy(report: dict) -> float | None:
     return None  # it did not load: the gates have failed
 
 
+def identity_tags(params: Params, root: Path) -> dict[str, str]:
+    """What ties the MLflow run to the Prefect run, the code and the settings it ran with."""
+    return {
+        "prefect_flow_run_id": str(flow_run.id),
+        "git_commit": versioning.git_commit(root),
+        "params_hash": params.section_digest(*Params.model_fields),
+    }
+
+
 def input_tags(prepare_metrics: dict) -> dict[str, str]:
     """The model input `prepare` decided, and why (`auto` or params.yaml), as MLflow run tags."""
     data = prepare_metrics
@@ -138,12 +147,7 @@ def register_task(
         git_release = commit_and_tag(root, files, tag, f"Release {tag}: {release_file.name} sha256 {sha256}")
         version_tags["git_tag"] = git_release.tag
     data = read_json(paths.metrics_file("prepare"))
-    run_tags = {
-        **input_tags(data),
-        "git_commit": versioning.git_commit(root),
-        "params_hash": params.section_digest(*Params.model_fields),
-        "prefect_flow_run_id": str(flow_run.id),
-    }
+    run_tags = {**input_tags(data), **identity_tags(params, root)}
     version_tags = {**run_tags, **version_tags}
     files = [fmt.path(paths.export_dir) for fmt in FORMATS] + [paths.reports_dir, paths.mcu_dir]
     files += [stage.metrics(paths) for stage in STAGES] + [paths.release_predictions]
@@ -222,12 +226,8 @@ def _run_pipeline(
     params: Params, params_file: Path, root: Path, paths: ProjectPaths, push: bool, logger
 ) -> dict:
     weights_file(params.model, params.data.image, root)  # missing weights: stop before anything changes
-    run_tags = {
-        "prefect_flow_run_id": str(flow_run.id),
-        "git_commit": versioning.git_commit(root),
-        "params_hash": params.section_digest(*Params.model_fields),
-    }
-    tracking = PipelineRun(tracking_uri(root), params.mlflow.experiment, flow_run.name, run_tags, params)
+    tags = identity_tags(params, root)
+    tracking = PipelineRun(tracking_uri(root), params.mlflow.experiment, flow_run.name, tags, params)
     tracking.open()
     try:
         result = _run_steps(params, params_file, root, paths, push, logger, tracking)
@@ -265,13 +265,14 @@ def _run_steps(
             tracking.log_history(stage.name, paths.history_file(stage.name))
         if stage.name == "prepare":
             data = read_json(paths.metrics_file("prepare"))
-            logger.info("%s", describe_data(data))
+            described = describe_data(data)
+            logger.info("%s", described)
             raw_dir = paths.raw_dir(params.data)
             manifest = read_json(paths.prepared_dir / "manifest.json")
             tracking.log_dataset(
                 paths.prepared_dir, raw_dir, versioning.data_md5(raw_dir), manifest["class_counts"]
             )
-            tracking.set_tags({**input_tags(data), "mlflow.note.content": describe_data(data)})
+            tracking.set_tags({**input_tags(data), DESCRIPTION_TAG: described})
     report = results["validate"]
 
     table = to_markdown(report, sparsity=results["qat"]["sparsity"])
