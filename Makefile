@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install run serve test test-serve-stop lint repro bench mlflow-ui prefect-ui lock clean
+.PHONY: install run serve test test-serve-stop lint docs repro bench mlflow-ui prefect-ui lock clean
 
 # The venv is rebuilt only when the lock file changes. uv installs the exact pinned set.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -37,6 +37,10 @@ test-serve-stop: install
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# The documentation site (mkdocs-material) into site/; reference pages are generated from the code.
+docs: install
+	$(VENV)/bin/mkdocs build --strict
+
 # DVC alone, without Prefect: make sure the data is tracked, then reproduce every stage.
 repro: install
 	edgepipe ingest && dvc repro
@@ -54,7 +58,7 @@ prefect-ui: install
 
 # Re-resolve requirements.lock from pyproject.toml (then commit both).
 lock: install
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra dask --python-version 3.11 --no-header -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra dask --extra docs --python-version 3.11 --no-header -o requirements.lock
 
 clean:
 	rm -rf data/prepared models metrics reports mlruns mlartifacts mlflow.db
