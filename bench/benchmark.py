@@ -422,7 +422,7 @@ def benchmark(root: Path, params_path: Path, format_names: str | None, use_mlflo
     formats = select_formats(format_names, paths.export_dir)
     uri = None
     if use_mlflow:  # before measuring: an unreachable store should not cost a whole benchmark run
-        from components.register import check_reachable, tracking_uri  # imports MLflow: only when used
+        from components.registry import check_reachable, tracking_uri  # imports MLflow: only when used
 
         uri = tracking_uri(root)
         try:

@@ -229,14 +229,14 @@ class GatesConfig(_Section):
     @field_validator("max_accuracy_drop", "max_bytes")
     @classmethod
     def _known_formats(cls, value: dict, info: ValidationInfo) -> dict:
-        from components.formats import FORMATS
+        from components.formats import FORMATS  # not a stage dependency
 
         return _known_keys(value, info.field_name, [fmt.name for fmt in FORMATS])
 
     @field_validator("min_agreement")
     @classmethod
     def _known_runtimes(cls, value: dict, info: ValidationInfo) -> dict:
-        from components.formats import FORMATS, RUNTIME_NAMES
+        from components.formats import FORMATS, RUNTIME_NAMES  # not a stage dependency
 
         targets = {target.name for fmt in FORMATS for target in fmt.runtimes}
         return _known_keys(value, info.field_name, [*RUNTIME_NAMES, *sorted(targets - set(RUNTIME_NAMES))])

@@ -20,12 +20,13 @@ import tf2onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from components.atomic import atomic_path
-from components.config import ExportConfig
+from components.atomic import atomic_path, write_json
+from components.config import ExportConfig, Params
 from components.dataset import read_dataset_info
 from components.export_tflite import representative_samples
 from components.formats import by_container
 from components.model import load_model
+from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -115,4 +116,11 @@ def export_onnx(
             onnx.save(proto, tmp)
         sizes[fmt.name] = fmt.path(export_dir).stat().st_size
         log.info("wrote %s (%d bytes)", fmt.path(export_dir), sizes[fmt.name])
+    return sizes
+
+
+def run_stage(params: Params, paths: ProjectPaths) -> dict:
+    """The `export_onnx` stage: every .onnx format of the registry; bytes to metrics."""
+    sizes = export_onnx(params.export, paths.prepared_dir, paths.pruned_model, paths.export_dir)
+    write_json(paths.metrics_file("export_onnx"), {"bytes": sizes})
     return sizes

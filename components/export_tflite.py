@@ -16,11 +16,12 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.tools import flatbuffer_utils
 
-from components.atomic import atomic_path
-from components.config import ExportConfig
+from components.atomic import atomic_path, write_json
+from components.config import ExportConfig, Params
 from components.dataset import load_split, read_dataset_info
 from components.formats import ExportFormat, by_container
 from components.model import load_model
+from components.paths import ProjectPaths
 from components.qat import load_qat_model
 
 log = logging.getLogger(__name__)
@@ -101,3 +102,17 @@ def write_format(
         tmp.write_bytes(data)
     log.info("wrote %s (%d bytes)", fmt.path(export_dir), len(data))
     return len(data)
+
+
+def run_stage(params: Params, paths: ProjectPaths) -> dict:
+    """The `export_tflite` stage: every .tflite format of the registry; bytes to metrics."""
+    sizes = export_tflite(
+        params.export,
+        paths.prepared_dir,
+        paths.float_model,
+        paths.pruned_model,
+        paths.qat_weights,
+        paths.export_dir,
+    )
+    write_json(paths.metrics_file("export_tflite"), {"bytes": sizes})
+    return sizes

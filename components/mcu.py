@@ -16,8 +16,12 @@ import numpy as np
 from tflite_micro.python.tflite_micro import runtime
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
 
-from components.atomic import atomic_path
+from components.atomic import atomic_path, write_json
+from components.config import Params
 from components.errors import EdgepipeError
+from components.export_tflite import read_tflite_metadata
+from components.formats import RELEASE_FORMAT, get_format
+from components.paths import ProjectPaths
 from components.runtimes import ARENA_ALIGNMENT, tflm_arena_bytes, tflm_reported_arena_bytes
 
 ARRAY_NAME = "g_model_data"
@@ -313,3 +317,11 @@ tflite::MicroInterpreter tflite::GetModel(g_model_data), a tflite::MicroMutableO
 with these operators registered: {", ".join(facts["ops"])},
 and an alignas(16) uint8_t tensor_arena[kTensorArenaSize].
 """
+
+
+def run_stage(params: Params, paths: ProjectPaths) -> dict:
+    """The `mcu` stage: the release .tflite as a C array, header, OpenMV script and arena size."""
+    release = get_format(RELEASE_FORMAT).path(paths.export_dir)
+    summary = package_for_mcu(release, read_tflite_metadata(release), paths.mcu_dir)
+    write_json(paths.metrics_file("mcu"), summary)
+    return summary

@@ -19,9 +19,10 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
 from components.atomic import atomic_path, write_json
-from components.config import ARCHITECTURE_INPUT_SIZE, DataConfig, ImageSpec
+from components.config import ARCHITECTURE_INPUT_SIZE, DataConfig, ImageSpec, Params
 from components.errors import EdgepipeError
 from components.hashing import file_digest
+from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -347,3 +348,25 @@ def describe_data(metrics: dict) -> str:
         f"{metrics.get('skipped', 0)} skipped; model input "
         f"{metrics['image_height']}x{metrics['image_width']}x{metrics['image_channels']} ({why})"
     )
+
+
+def run_stage(params: Params, paths: ProjectPaths) -> dict:
+    """The `prepare` stage: split and resize the raw folder; the summary goes to metrics/prepare.json."""
+    summary = prepare(
+        params.data,
+        paths.raw_dir(params.data),
+        paths.prepared_dir,
+        params.model.architecture,
+        colour_model=params.model.pretrained == "imagenet",
+    )
+    write_json(
+        paths.metrics_file("prepare"),
+        {
+            "counts": summary["counts"],
+            "classes": len(summary["classes"]),
+            "skipped": summary["skipped"],
+            **{f"image_{key}": summary["image"][key] for key in ("height", "width", "channels")},
+            "image_chosen": summary["image_chosen"],
+        },
+    )
+    return summary

@@ -9,9 +9,10 @@ from pathlib import Path
 import tensorflow_model_optimization as tfmot
 
 from components.atomic import write_json
-from components.config import PruneConfig
+from components.config import Params, PruneConfig
 from components.dataset import load_split
 from components.model import fit_classifier, load_model, save_model, seed_everything, sparsity, write_history
+from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +85,15 @@ def prune(
     write_json(metrics_out, metrics)
     log.info("pruned: %s", metrics)
     return metrics
+
+
+def run_stage(params: Params, paths: ProjectPaths) -> dict:
+    """The `prune` stage: magnitude pruning of the float model."""
+    return prune(
+        params.prune,
+        paths.prepared_dir,
+        paths.float_model,
+        paths.pruned_model,
+        paths.metrics_file("prune"),
+        paths.history_file("prune"),
+    )

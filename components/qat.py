@@ -12,9 +12,10 @@ from pathlib import Path
 import tensorflow_model_optimization as tfmot
 
 from components.atomic import atomic_path, write_json
-from components.config import QatConfig
+from components.config import Params, QatConfig
 from components.dataset import load_split
 from components.model import fit_classifier, load_model, seed_everything, sparsity, write_history
+from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +67,15 @@ def qat(
     write_json(metrics_out, metrics)
     log.info("quantization-aware fine-tuning: %s", metrics)
     return metrics
+
+
+def run_stage(params: Params, paths: ProjectPaths) -> dict:
+    """The `qat` stage: quantization-aware fine-tuning of the pruned model (weights only)."""
+    return qat(
+        params.qat,
+        paths.prepared_dir,
+        paths.pruned_model,
+        paths.qat_weights,
+        paths.metrics_file("qat"),
+        paths.history_file("qat"),
+    )

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from components.atomic import atomic_path
+from components.atomic import atomic_path, read_json, write_json
+from components.config import Params
 from components.formats import FORMATS, RELEASE_FORMAT
+from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +215,16 @@ def _read_csv(path: Path) -> list[dict]:
 def write_markdown(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def run_stage(params: Params, paths: ProjectPaths) -> dict:
+    """The `report` stage: report.md and its plots from the validation report and the stage metrics."""
+    summary = write_report(
+        read_json(paths.validation_file),
+        {name: read_json(paths.metrics_file(name)) for name in ("train", "prune", "qat", "mcu")},
+        paths.train_history,
+        paths.release_predictions,
+        paths.reports_dir,
+    )
+    write_json(paths.metrics_file("report"), summary)
+    return summary

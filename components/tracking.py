@@ -23,7 +23,8 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from components.config import Params
 from components.errors import EdgepipeError
-from components.register import check_reachable, flatten
+from components.register import flatten
+from components.registry import check_reachable
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from components.atomic import write_json
-from components.config import AugmentConfig, ModelConfig, TrainConfig
+from components.config import AugmentConfig, ModelConfig, Params, TrainConfig
 from components.dataset import DatasetInfo, load_split, read_dataset_info
 from components.errors import EdgepipeError
 from components.model import build_model, fit_classifier, keras, save_model, seed_everything, write_history
-from components.pretrained import LoadedWeights, load_weights
+from components.paths import ProjectPaths
+from components.pretrained import LoadedWeights, load_weights, weights_file
 
 log = logging.getLogger(__name__)
 
@@ -205,3 +206,16 @@ def diagnosis(metrics: dict, model_config: ModelConfig, info: DatasetInfo, histo
         f"{history_file} (`dvc plots show`)."
     )
     return "\n".join(lines)
+
+
+def run_stage(params: Params, paths: ProjectPaths) -> dict:
+    """The `train` stage: the float model, from scratch or from model.pretrained."""
+    return train(
+        params.model,
+        params.train,
+        paths.prepared_dir,
+        paths.float_model,
+        paths.metrics_file("train"),
+        paths.train_history,
+        pretrained_file=weights_file(params.model, params.data.image, paths.root),
+    )

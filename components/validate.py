@@ -21,11 +21,12 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from components.atomic import atomic_path, write_json
-from components.config import GatesConfig
+from components.config import GatesConfig, Params
 from components.dataset import load_split, read_dataset_info
 from components.formats import FORMATS, RELEASE_FORMAT, ExportFormat, RuntimeTarget
 from components.hashing import file_digest
 from components.model import load_model
+from components.paths import ProjectPaths
 from components.qat import load_qat_model
 from components.runtimes import open_runner, tflm_arena_bytes
 
@@ -276,3 +277,18 @@ def write_predictions(path: Path, y_true: np.ndarray, y_pred: np.ndarray | None,
         writer.writerow(["actual", "predicted"])
         if y_pred is not None:
             writer.writerows((classes[a], classes[p]) for a, p in zip(y_true, y_pred, strict=True))
+
+
+def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> dict:
+    """The `validate` stage: every artifact in every runtime that must run it, against the gates."""
+    return validate(
+        params.gates,
+        paths.prepared_dir,
+        paths.float_model,
+        paths.pruned_model,
+        paths.qat_weights,
+        paths.export_dir,
+        paths.validation_file,
+        paths.release_predictions,
+        map_fn,
+    )

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from components.errors import EdgepipeError
 from components.formats import RELEASE_FORMAT, get_format
-from components.register import redacted
+from components.registry import redacted
 from components.release import locked_md5_at, tag_commit
 
 

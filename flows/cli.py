@@ -48,18 +48,30 @@ def run(
     project_dir: Path = typer.Option(Path("."), help="the git + DVC project folder"),
     push: bool = typer.Option(True, help="dvc push the outputs to the default remote at the end"),
 ) -> None:
-    """Run the whole pipeline as a Prefect flow and print the results table."""
+    """Run the whole pipeline as a Prefect flow and print the results table. When nothing changed since the
+    last release (dvc status, the MLflow registry), say so and print its results without starting Prefect."""
     from components.config import load_params
-    from flows.pipeline import pipeline
+    from components.up_to_date import unchanged_release
 
-    load_params(project_dir / params)  # fail on a bad params file before Prefect starts
-    result = pipeline(params_path=str(params), project_dir=str(project_dir), push=push)
+    config = load_params(project_dir / params)  # fail on a bad params file before Prefect starts
+    result = unchanged_release(config, project_dir.resolve(), push)
+    if result is not None:
+        console.print(
+            f"Unchanged: dvc.lock records every step for this data, code and params, and MLflow version "
+            f"{result['registration'].version} holds the release file; nothing ran.",
+            markup=False,
+            highlight=False,
+        )
+    else:
+        from flows.pipeline import pipeline
+
+        result = pipeline(params_path=str(params), project_dir=str(project_dir), push=push)
     print_results(result)
 
 
 def print_results(result: dict) -> None:
     from components.prepare import describe_data
-    from components.register import redacted
+    from components.registry import redacted
     from components.report import ARTIFACT_COLUMNS, MATRIX_COLUMNS, artifact_rows, matrix_rows
 
     report = result["report"]
@@ -337,7 +349,7 @@ def verify_release(
 ) -> None:
     """Check that git, DVC and MLflow agree about a release: the tag's dvc.lock, the bytes DVC returns for
     it, and the MLflow model version tagged with it. Exit code 1 if they do not."""
-    from components.register import tracking_uri
+    from components.registry import tracking_uri
     from components.verify import verify_release as run_checks
 
     root = project_dir.resolve()

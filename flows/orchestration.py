@@ -1,12 +1,9 @@
-"""Prefect task runners from params.yaml (`orchestration`): where per-format work fans out, and the lock
-that keeps two runs of one project from writing dvc.lock, the DVC cache or the registry at once."""
+"""Prefect task runners from params.yaml (`orchestration`): where per-format work fans out."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
-from filelock import FileLock, Timeout
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -55,12 +52,4 @@ def task_runner_map(config: OrchestrationConfig, label: str) -> Callable[[Callab
     return map_fn
 
 
-def project_lock(root: Path, config: OrchestrationConfig) -> FileLock:
-    """One run per project at a time (an OS file lock, released if the process dies). Inside .dvc/tmp,
-    which DVC keeps out of git."""
-    path = Path(root) / ".dvc" / "tmp" / "edgepipe-run.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(path, timeout=config.lock_timeout_seconds)
-
-
-__all__ = ["Timeout", "make_task_runner", "project_lock", "task_runner_map"]
+__all__ = ["make_task_runner", "task_runner_map"]

@@ -2,8 +2,8 @@
 mcu -> validate -> report -> register (MLflow) -> push (DVC).
 
 Runs in one process (TensorFlow imported once). With no PREFECT_API_URL it uses Prefect's temporary local
-API; with a server, runs show up in its UI. Heavy steps are cached on their inputs (flows.caching) and
-skipped when dvc.lock already records them; each step that ran is recorded in dvc.lock at once.
+API; with a server, runs show up in its UI. dvc.lock alone decides what runs: a step whose inputs and
+outputs it already records ends in Prefect's "Skipped" state; each step that ran is recorded at once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from components import versioning
 from components.atomic import read_json
@@ -23,16 +25,17 @@ from components.config import Params, load_params
 from components.errors import EdgepipeError
 from components.formats import FORMATS, RELEASE_FORMAT, get_format
 from components.hashing import file_digest
+from components.locking import Timeout, project_lock
 from components.paths import ProjectPaths
 from components.prepare import describe_data, ensure_raw_data
 from components.pretrained import weights_file
-from components.register import (
+from components.register import register
+from components.registry import (
     Registration,
     check_reachable,
     existing_version,
     next_version,
     promote_champion,
-    register,
     tracking_uri,
 )
 from components.release import commit_and_tag, delete_tag, release_files, tag_name
@@ -40,8 +43,7 @@ from components.report import to_markdown
 from components.stages import STAGES, get_stage
 from components.tracking import DESCRIPTION_TAG, PipelineRun
 from components.validate import grouped_failures
-from flows.caching import stage_cache_key
-from flows.orchestration import Timeout, project_lock, task_runner_map
+from flows.orchestration import task_runner_map
 
 
 class HideUserErrorTracebacks(logging.Filter):
@@ -72,19 +74,22 @@ def ingest(params: Params, root: Path) -> str:
     return str(raw_dir)
 
 
-@task(cache_key_fn=stage_cache_key, persist_result=True)
-def run_stage(stage_name: str, params: Params, root: Path, outputs_intact: bool) -> dict:
+@task(cache_policy=NO_CACHE)  # dvc.lock is the one record of what is current
+def run_stage(stage_name: str, params: Params, root: Path, current: bool) -> dict | State:
     """Run one step and record it in dvc.lock at once (`dvc commit -f`, as `dvc repro` would write it).
 
-    Cached by Prefect on the step's inputs (not on `outputs_intact`, see flows.caching). A cache miss whose
-    outputs dvc.lock already records for these inputs (e.g. made by `dvc repro`, or with a fresh Prefect
-    home) is not recomputed either. A step with per-format work fans it out on the configured task runner.
+    `current`: dvc.lock already records this step's inputs and outputs (from an earlier run or from
+    `dvc repro`), so it ends as "Skipped" with the metrics it wrote then. A step with per-format work
+    fans it out on the configured task runner.
     """
     stage = get_stage(stage_name)
     paths = ProjectPaths(root)
-    if outputs_intact:
-        get_run_logger().info("%s: dvc.lock already records these inputs and outputs; not re-run", stage_name)
-        return read_json(stage.metrics(paths))
+    if current:
+        return Completed(
+            name="Skipped",
+            message="dvc.lock records these inputs and outputs",
+            data=read_json(stage.metrics(paths)),
+        )
     if stage.fans_out:
         result = stage.run(params, paths, map_fn=task_runner_map(params.orchestration, stage_name))
     else:
@@ -250,13 +255,14 @@ def _run_steps(
     ingest(params, root)
     results = {}
     for stage in STAGES:
-        # A cached result only counts while the outputs on disk are still the ones dvc.lock records.
-        outputs_intact = versioning.stage_is_current(root, stage.name) and stage.named_inputs_unchanged(
+        current = versioning.stage_is_current(root, stage.name) and stage.named_inputs_unchanged(
             params, paths
         )
-        step = run_stage.with_options(name=stage.name, refresh_cache=not outputs_intact)
         try:
-            results[stage.name] = step(stage.name, params, root, outputs_intact)
+            state = run_stage.with_options(name=stage.name)(
+                stage.name, params, root, current, return_state=True
+            )
+            results[stage.name] = state.result()
         except EdgepipeError:
             if stage.name == "train":  # it did not learn: the diagnosis wrote the curves that show it
                 tracking.log_history(stage.name, paths.history_file(stage.name))

@@ -11,7 +11,7 @@ import yaml
 
 from components.formats import FORMATS
 from components.paths import ProjectPaths
-from components.register import Registration
+from components.registry import Registration
 from components.stages import STAGES, dvc_yaml
 from conftest import PROJECT_ROOT, write_params
 from flows.cli import print_results, render_dvc_yaml

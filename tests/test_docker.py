@@ -336,7 +336,7 @@ def test_database_urls_point_at_the_postgres_service_and_the_databases_its_init_
 
 
 def test_worker_and_deploy_reach_the_servers_by_service_name_and_port(monkeypatch):
-    from components.register import tracking_uri
+    from components.registry import tracking_uri
 
     prefect_port = option_value(argv(SERVICES["prefect-server"]), "--port")
     mlflow_port = option_value(argv(SERVICES["mlflow-server"]), "--port")

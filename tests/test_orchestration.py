@@ -20,7 +20,8 @@ from prefect.context import get_run_context
 
 from components.config import OrchestrationConfig
 from components.errors import EdgepipeError
-from flows.orchestration import Timeout, make_task_runner, project_lock, task_runner_map
+from components.locking import Timeout, project_lock
+from flows.orchestration import make_task_runner, task_runner_map
 
 FORMATS = [SimpleNamespace(name=name) for name in ("tflite_float32", "tflite_float16", "tflite_int8", "onnx")]
 
@@ -91,7 +92,7 @@ def hold_lock_in_another_process(root: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import sys
         from components.config import OrchestrationConfig
-        from flows.orchestration import project_lock
+        from components.locking import project_lock
         with project_lock({str(root)!r}, OrchestrationConfig()):
             print("held", flush=True)
             sys.stdin.readline()

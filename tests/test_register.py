@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from components.errors import EdgepipeError
-from components.register import check_reachable, redacted
+from components.registry import check_reachable, redacted
 
 
 def closed_port() -> int:
@@ -65,7 +65,7 @@ def test_champion_moves_only_to_a_version_that_is_not_worse(tmp_path):
     """Real SQLite registry: versions with the `test_accuracy` tag a release carries."""
     from mlflow.tracking import MlflowClient
 
-    from components.register import next_version, promote_champion
+    from components.registry import next_version, promote_champion
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

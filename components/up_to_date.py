@@ -1,0 +1,80 @@
+"""Is the last release still what this project would produce? Asked before TensorFlow or Prefect are imported,
+so an unchanged `edgepipe run` ends in seconds: DVC decides (`dvc status`: the data and every stage as
+dvc.lock records them), then the MLflow registry confirms it holds the release file's bytes.
+
+Anything else (a changed input, a failed gate, a registry that does not answer, a run in progress) answers
+None, and the flow runs, skipping what dvc.lock records.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from components import versioning
+from components.atomic import read_json
+from components.config import Params
+from components.formats import RELEASE_FORMAT, get_format
+from components.hashing import file_digest
+from components.locking import Timeout, project_lock
+from components.paths import ProjectPaths
+from components.registry import Registration, alias_holder, check_reachable, tracking_uri, version_holding
+from components.stages import STAGES
+
+log = logging.getLogger(__name__)
+
+
+def unchanged_release(params: Params, root: Path, push: bool) -> dict | None:
+    """The results of the last run (report, registration, DVC push) when nothing has changed since it was
+    released; None when the pipeline has to run."""
+    paths = ProjectPaths(root)
+    if not params.mlflow.register_model or not (root / "dvc.lock").is_file():
+        return None
+    lock = project_lock(root, params.orchestration)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None  # a run is in progress: wait for it the usual way
+    try:
+        return _unchanged_release(params, root, paths, push)
+    finally:
+        lock.release()
+
+
+def _unchanged_release(params: Params, root: Path, paths: ProjectPaths, push: bool) -> dict | None:
+    if not paths.validation_file.is_file() or versioning.pipeline_status(root):
+        return None
+    if not all(stage.named_inputs_unchanged(params, paths) for stage in STAGES):
+        return None
+    report = read_json(paths.validation_file)
+    if not report["gates"]["passed"]:
+        return None  # the flow reports the failure again, in full
+    uri = tracking_uri(root)
+    try:
+        check_reachable(uri)
+    except Exception:
+        return None
+    version = version_holding(
+        uri, params.model.name, file_digest(get_format(RELEASE_FORMAT).path(paths.export_dir))
+    )
+    if version is None or (params.release.git_tag and "git_tag" not in version.tags):
+        return None
+    alias = params.release.champion_alias
+    holder = alias_holder(uri, params.model.name, alias)
+    registration = Registration(
+        run_id=version.run_id,
+        experiment_id="",
+        model_name=params.model.name,
+        version=str(version.version),
+        new_version=False,
+        tracking_uri=uri,
+        git_tag=version.tags.get("git_tag"),
+        champion=f"{alias} is version {holder}" if holder else f"no version holds {alias}",
+    )
+    return {
+        "report": report,
+        "registration": registration,
+        "pushed": versioning.push(root) if push else None,
+        "report_file": str(paths.report_file),
+        "data": read_json(paths.metrics_file("prepare")),
+    }
