@@ -9,6 +9,9 @@ import os
 _ENV_DEFAULTS = {
     "TF_USE_LEGACY_KERAS": "1",  # tfmot rejects Keras 3 models; must be set before `import tensorflow`
     "TF_CPP_MIN_LOG_LEVEL": "2",
+    # OpenCV logs each model it cannot import; the validation matrix reports the same error as a cell
+    "OPENCV_LOG_LEVEL": "OFF",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # not "Creating initial MLflow database tables..." on every store
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a tqdm bar per download clutters run output
     "DVC_NO_ANALYTICS": "1",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,10 @@ def convert(model: tf.keras.Model, precision: str, representative: np.ndarray | 
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    with warnings.catch_warnings():
+        # int8 input with a representative dataset: the converter derives the input scale itself
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
 
 
 def embed_metadata(model_bytes: bytes, metadata: dict) -> bytes:

@@ -5,6 +5,8 @@ int8 .tflite registered as a model version, only when the release gates passed. 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 from pathlib import Path
@@ -23,19 +25,22 @@ from components.dataset import load_split, read_dataset_info
 from components.errors import EdgepipeError
 from components.formats import RELEASE_FORMAT, get_format
 from components.registry import Registration, check_reachable, existing_version, tracking_uri
+from components.tracking import DESCRIPTION_TAG, fit_tag, flatten
 
 log = logging.getLogger(__name__)
 
+
+class _KnownPickleWarning(logging.Filter):
+    """MLflow warns on every pyfunc logged from a Python object; pickling by value is the design here
+    (the model loads without edgepipe installed), so the warning says nothing about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Passing a Python object as `python_model`")
+
+
+logging.getLogger("mlflow.pyfunc").addFilter(_KnownPickleWarning())
+
 PYFUNC_REQUIREMENTS = ["mlflow==3.17.2", "numpy", "ai-edge-litert==2.3.0"]
-
-
-def flatten(prefix: str, value: object) -> dict[str, object]:
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
-        return out
-    return {prefix: value}
 
 
 def validation_metrics(report: dict) -> dict[str, float]:
@@ -68,7 +73,6 @@ def validation_metrics(report: dict) -> dict[str, float]:
 
 def log_run_details(description: str, prepared_dir: Path, report: dict) -> None:
     """The results as the run's description (the page's first lines), the confusion matrices as a file."""
-    from components.tracking import DESCRIPTION_TAG, fit_tag
 
     mlflow.set_tag(DESCRIPTION_TAG, fit_tag(description))
     if "confusion" in report:
@@ -158,9 +162,11 @@ def register(
                 )
             else:
                 try:
-                    registered = mlflow.register_model(
-                        tflite_info.model_uri, params.model.name, tags=version_tags
-                    )
+                    # MLflow prints "Successfully registered model" to stderr; the log line below says it
+                    with contextlib.redirect_stderr(io.StringIO()):
+                        registered = mlflow.register_model(
+                            tflite_info.model_uri, params.model.name, tags=version_tags
+                        )
                 except MlflowException as exc:
                     raise EdgepipeError(f"MLflow could not register {params.model.name}: {exc}") from None
                 version = str(registered.version)

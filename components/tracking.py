@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,19 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from components.config import Params
 from components.errors import EdgepipeError
-from components.register import flatten
 from components.registry import check_reachable
 
 log = logging.getLogger(__name__)
+
+
+def flatten(prefix: str, value: object) -> dict[str, object]:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    return {prefix: value}
+
 
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as the run's description
 Action = Callable[[MlflowClient, str], None]
@@ -114,9 +124,12 @@ class PipelineRun:
         inputs = []
         for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
             x, y = load_split(prepared_dir, split)
-            dataset = mlflow.data.from_numpy(
-                x, targets=y, source=str(data_dir), name=f"{data_dir.name}-{split}", digest=digest[:32]
-            )
+            with warnings.catch_warnings():
+                # a local folder is both a "local" and a "local artifact" source to MLflow; either is right
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                dataset = mlflow.data.from_numpy(
+                    x, targets=y, source=str(data_dir), name=f"{data_dir.name}-{split}", digest=digest[:32]
+                )
             counts = InputTag("class_counts", json.dumps(class_counts))
             inputs.append(
                 DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context), counts])

@@ -18,6 +18,9 @@ from dvc.repo import Repo
 from components.errors import EdgepipeError
 
 log = logging.getLogger(__name__)
+# DVC's INFO lines are hints for its own CLI ("To track the changes with git, run: ..."); edgepipe does the
+# git side itself (components.release). Warnings and errors still show.
+logging.getLogger("dvc").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

@@ -363,6 +363,10 @@ def verify_release(
 
 
 def main() -> None:
+    """The `edgepipe` command: native libraries' start-up lines filtered out of stderr, then the app."""
+    from components.quiet import filter_native_stderr
+
+    filter_native_stderr()
     sys.exit(app())
 
 

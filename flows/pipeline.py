@@ -39,7 +39,6 @@ from components.registry import (
     tracking_uri,
 )
 from components.release import commit_and_tag, delete_tag, release_files, tag_name
-from components.report import to_markdown
 from components.stages import STAGES, get_stage
 from components.tracking import DESCRIPTION_TAG, PipelineRun
 from components.validate import grouped_failures
@@ -272,7 +271,6 @@ def _run_steps(
         if stage.name == "prepare":
             data = read_json(paths.metrics_file("prepare"))
             described = describe_data(data)
-            logger.info("%s", described)
             raw_dir = paths.raw_dir(params.data)
             manifest = read_json(paths.prepared_dir / "manifest.json")
             tracking.log_dataset(
@@ -281,13 +279,17 @@ def _run_steps(
             tracking.set_tags({**input_tags(data), DESCRIPTION_TAG: described})
     report = results["validate"]
 
-    table = to_markdown(report, sparsity=results["qat"]["sparsity"])
     create_markdown_artifact(
         key="edgepipe-results",
-        markdown=paths.report_file.read_text(),
+        markdown=describe_data(data) + "\n\n" + paths.report_file.read_text(),
         description=f"edgepipe report: validation matrix, sizes, gates (plots in {paths.reports_dir})",
     )
-    logger.info("results:\n%s", table)
+    # One line in the log (the CLI and the artifact hold the tables): what a served run's log should say.
+    logger.info(
+        "results: release gates %s; full report in %s",
+        "passed" if report["gates"]["passed"] else "FAILED",
+        paths.report_file,
+    )
 
     register = register_task.with_options(
         retries=params.mlflow.retries, retry_delay_seconds=params.mlflow.retry_delay_seconds
@@ -309,7 +311,6 @@ def _run_steps(
         "report": report,
         "registration": registration,
         "pushed": pushed,
-        "table": table,
         "report_file": str(paths.report_file),
         "data": data,
     }
