@@ -27,8 +27,10 @@ run: install
 serve: install
 	edgepipe serve
 
+# The README's test command and what CI runs: lint, then every test (the docs build is one of them).
 test: install
-	$(PY) -m pytest -ra --durations=10
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -ra --durations=15
 
 # The Ctrl-C-with-a-run-in-flight scenario of edgepipe serve, 10 times (every 2nd under CPU load).
 test-serve-stop: install

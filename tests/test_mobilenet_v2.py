@@ -12,7 +12,7 @@ import pytest
 from components.config import Params
 from components.dataset import load_split
 from components.formats import FORMATS, get_format
-from components.model import load_model
+from components.model import BATCH_NORM_MOMENTUM, load_model
 from components.paths import ProjectPaths
 from components.runtimes import open_runner
 from components.stages import STAGES
@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 MOBILENET = copy.deepcopy(TINY_PARAMS)
 MOBILENET["data"]["image"] = {"height": 32, "width": 32, "channels": 3}
 MOBILENET["model"] = {"name": "tiny-mobilenet", "architecture": "mobilenet_v2", "width_multiplier": 0.35}
-MOBILENET["train"].update(epochs=30, patience=30, batch_size=8, learning_rate=0.003)
+# What this checks is conversion and runtime agreement, which a briefly trained network shows as well as a
+# converged one; that the recipe learns is judged on the small CNN (test_recipe.py, test_transfer.py).
+MOBILENET["train"].update(epochs=2, patience=2, batch_size=8, learning_rate=0.003)
 MOBILENET["prune"].update(epochs=4, batch_size=8, learning_rate=0.001)
 MOBILENET["qat"].update(epochs=2, batch_size=8)
 # Pruning half of a MobileNetV2 trained on 39 images costs accuracy that 4 short epochs do not win back;
@@ -48,7 +50,10 @@ def test_it_is_a_real_mobilenet_v2(mobilenet):
     assert model.input_shape == (None, 32, 32, 3)
     layer_types = {type(layer).__name__ for layer in model.layers}
     assert {"DepthwiseConv2D", "Add", "BatchNormalization", "ReLU"} <= layer_types
-    assert results["train"]["val_accuracy"] >= 0.8  # it learns (batch-norm momentum, components.model)
+    # ImageNet's batch-norm momentum would leave the inference statistics at their initial values on a
+    # small folder (components.model): every batch-norm layer of the saved model uses edgepipe's.
+    norms = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+    assert len(norms) > 30 and {layer.momentum for layer in norms} == {BATCH_NORM_MOMENTUM}
     # Per-tensor rounding of the small depthwise kernels (3x3xC) leaves the total a little under 50 %.
     assert results["qat"]["sparsity"] == pytest.approx(0.5, abs=0.05)
 

@@ -25,9 +25,11 @@ from prefect.client.schemas.filters import (
 )
 
 from components import versioning
+from components.config import load_params
 from components.dataset import load_split
 from components.formats import FORMATS, RELEASE_FORMAT, get_format
 from components.paths import ProjectPaths
+from components.up_to_date import unchanged_release
 from conftest import DVC, make_project_repo, run
 from flows.pipeline import pipeline
 
@@ -205,11 +207,43 @@ def test_unchanged_rerun_skips_heavy_steps_and_registers_nothing_new(first_run):
     result = state.result()
     assert {p: (p.stat().st_mtime_ns, sha256(p)) for p in outputs} == before
     states = task_states(state.state_details.flow_run_id)
-    assert all(states[step] == "Cached" for step in ("prepare", *HEAVY_STEPS)), states
+    assert all(states[step] == "Skipped" for step in ("prepare", *HEAVY_STEPS)), states
     assert result["registration"].version == "1" and not result["registration"].new_version
     client = MlflowClient(first_run["uri"])
     assert [str(v.version) for v in client.search_model_versions("name = 'tiny-patterns'")] == ["1"]
     assert versioning.pipeline_status(root) == {}
+
+
+def test_an_unchanged_project_is_answered_without_the_flow_and_any_change_is_not(first_run):
+    """What `edgepipe run` asks before TensorFlow or Prefect load: the release stands while nothing that
+    dvc.lock records has changed; a changed param, data file or stage output sends it through the flow."""
+    root = first_run["root"]
+    params_file = root / "params.yaml"
+    params = load_params(params_file)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", first_run["uri"])
+        answer = unchanged_release(params, root, push=False)
+        assert answer is not None and answer["pushed"] is None
+        assert answer["registration"].version == "1" and answer["registration"].git_tag == "tiny-patterns@v1"
+        assert answer["report"]["gates"]["passed"] and answer["data"]["classes"] == 3
+        original = params_file.read_text()
+        try:
+            changed = original.replace("learning_rate: 0.0001", "learning_rate: 0.0002")
+            assert changed != original
+            params_file.write_text(changed)
+            assert unchanged_release(load_params(params_file), root, push=False) is None  # qat params
+        finally:
+            params_file.write_text(original)
+        image = next((root / "data" / "raw" / "bars").glob("*.png"))
+        kept = image.read_bytes()
+        try:
+            image.write_bytes(next((root / "data" / "raw" / "stripes").glob("*.png")).read_bytes())
+            assert unchanged_release(params, root, push=False) is None  # the data changed
+        finally:
+            image.write_bytes(kept)
+        assert unchanged_release(params, root, push=False) is not None
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{first_run['base'] / 'empty.db'}")
+        assert unchanged_release(params, root, push=False) is None  # no registry holds the release
 
 
 def test_a_deleted_output_is_rebuilt_and_recorded_instead_of_served_from_cache(first_run):
@@ -223,7 +257,7 @@ def test_a_deleted_output_is_rebuilt_and_recorded_instead_of_served_from_cache(f
         state = pipeline(params_path="params.yaml", project_dir=str(root), return_state=True)
     states = task_states(state.state_details.flow_run_id)
     assert states["export_onnx"] == "Completed", states  # ran again although its inputs are unchanged
-    assert all(states[step] == "Cached" for step in ("prepare", "train", "prune", "qat", "export_tflite"))
+    assert all(states[step] == "Skipped" for step in ("prepare", "train", "prune", "qat", "export_tflite"))
     assert sha256(onnx_file) == expected  # the export is reproducible: the same bytes come back
     assert versioning.pipeline_status(root) == {}
     assert state.result()["registration"].version == "1"

@@ -3,8 +3,8 @@ another queued (repeated, and under CPU load from a parallel process, so a timin
 a second Ctrl-C, SIGKILL of serve itself (no server survives it), and a stale server of the project left
 behind (the next serve clears it). The Prefect UI is told the API URL of the port the server really has.
 
-SERVE_STOP_REPEATS (default 2) sets how many times the Ctrl-C scenario runs; `make test-serve-stop` runs it
-10 times."""
+SERVE_STOP_REPEATS (default 1, under CPU load) sets how many times the Ctrl-C scenario runs; `make
+test-serve-stop` runs it 10 times, every 2nd under load."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 EDGEPIPE = [sys.executable, "-m", "flows.cli"]
 BOUND = 30.0  # serve.stop_timeout_seconds default; the README states it
-REPEATS = int(os.environ.get("SERVE_STOP_REPEATS", "2"))
+REPEATS = int(os.environ.get("SERVE_STOP_REPEATS", "1"))
 
 
 def listening(port: int) -> bool:
@@ -160,6 +160,7 @@ def recorded(root: Path, runs: list[str]) -> dict:
     return {"states": states, "automations": automations, "paused": paused}
 
 
+@pytest.mark.timeout(300 + 240 * REPEATS)
 def test_ctrl_c_with_a_run_in_flight_and_one_queued_stops_everything_in_bounded_time(project, tmp_path):
     times = []
     load = None
@@ -179,7 +180,7 @@ def test_ctrl_c_with_a_run_in_flight_and_one_queued_stops_everything_in_bounded_
 
         in_flight, queued = wait_for(one_running, "a run to start", log)
         time.sleep(attempt % 4 * 2.0)  # stop at different points of the run
-        if attempt % 2 == 1:  # both cores busy in another process while it stops
+        if attempt % 2 == 1 or REPEATS == 1:  # both cores busy in another process while it stops
             load = [multiprocessing.Process(target=busy, args=(BOUND + 10,)) for _ in range(2)]
             for proc in load:
                 proc.start()
@@ -201,7 +202,8 @@ def test_ctrl_c_with_a_run_in_flight_and_one_queued_stops_everything_in_bounded_
         assert "edgepipe serve was stopped" in seen["states"][queued["id"]][1]
         assert seen["automations"] == 0 and seen["paused"]
     print(
-        f"\nserve shutdown with a run in flight ({REPEATS} times, every 2nd under CPU load): "
+        f"\nserve shutdown with a run in flight ({REPEATS} times, "
+        f"{'every 2nd' if REPEATS > 1 else 'that one'} under CPU load): "
         f"min {min(times):.1f} s, median {sorted(times)[len(times) // 2]:.1f} s, max {max(times):.1f} s"
     )
 
