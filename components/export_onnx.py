@@ -1,6 +1,7 @@
 """export_onnx: tf2onnx from the pruned float model (static NHWC input of batch 1, opset from params), and
-an int8 QDQ model from it with onnxruntime's static quantisation (U8S8: uint8 activations, int8
-per-channel weights, the fast path on x86 onnxruntime and what OpenCV's classic engine runs).
+an int8 QDQ model from it with onnxruntime's static quantisation, set by the format registry's converter
+options (U8S8: uint8 activations, int8 per-channel weights, the fast path on x86 onnxruntime and what
+OpenCV's classic engine runs).
 
 Labels, input shape and normalisation go into the ONNX `metadata_props`.
 """
@@ -62,26 +63,24 @@ def with_stable_names(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def quantize_int8(float_model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
-    """Static int8 QDQ quantisation calibrated on `calibration` images (MinMax, per-channel weights)."""
+# Registry keys that describe the conversion (shown by `edgepipe formats`) rather than set a keyword.
+_DESCRIPTIVE_KEYS = ("converter", "calibration")
+_ENUMS = {"quant_format": QuantFormat, "activation_type": QuantType, "weight_type": QuantType}
+
+
+def quantize_int8(float_model: onnx.ModelProto, calibration: np.ndarray, options: dict) -> onnx.ModelProto:
+    """Static int8 quantisation calibrated on `calibration` images (MinMax), with the format's converter
+    options (components.formats) as quantize_static's keywords."""
+    keywords = {
+        key: _ENUMS[key][value] if key in _ENUMS else value
+        for key, value in options.items()
+        if key not in _DESCRIPTIVE_KEYS
+    }
     with tempfile.TemporaryDirectory(prefix="edgepipe-onnx-int8-") as tmp:
         float_path, prepared_path, int8_path = (Path(tmp) / n for n in ("f.onnx", "p.onnx", "q.onnx"))
         onnx.save(float_model, float_path)
         quant_pre_process(float_path, prepared_path)  # shape inference + graph cleanup, as ORT advises
-        quantize_static(
-            prepared_path,
-            int8_path,
-            _Calibration(calibration),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            # 7-bit weights: onnxruntime's U8S8 kernels on x86 without VNNI (AVX2, this machine) add
-            # pairs of u8 x s8 products in int16 and saturate; on the digits model that made onnxruntime
-            # disagree with the float model on 10 of 270 test images (OpenCV: 0). ORT's quantization
-            # guide gives reduce_range as the fix; measured: agreement 1.0 in both runtimes.
-            reduce_range=True,
-        )
+        quantize_static(prepared_path, int8_path, _Calibration(calibration), **keywords)
         return onnx.load(int8_path)
 
 
@@ -106,7 +105,7 @@ def export_onnx(
             proto = onnx.ModelProto.FromString(float_proto.SerializeToString())
         else:
             calibration = representative_samples(prepared_dir, config.representative_samples)
-            proto = quantize_int8(protos[fmt.derived_from], calibration)
+            proto = quantize_int8(protos[fmt.derived_from], calibration, fmt.converter)
         protos[fmt.name] = proto
         del proto.metadata_props[:]
         for key, value in {**info.metadata(), "format": fmt.name}.items():

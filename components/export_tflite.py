@@ -30,23 +30,37 @@ log = logging.getLogger(__name__)
 METADATA_NAME = "edgepipe"
 
 
-def convert(model: tf.keras.Model, precision: str, representative: np.ndarray | None = None) -> bytes:
+def convert(model: tf.keras.Model, options: dict | str, representative: np.ndarray | None = None) -> bytes:
+    """Convert with a format's converter options (components.formats), or those of the registry's first
+    TFLite format of a precision ("float32", "float16", "int8"). `representative`: the calibration images
+    that `representative_dataset` asks for."""
+    if isinstance(options, str):
+        options = next(fmt.converter for fmt in by_container("tflite") if fmt.precision == options)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if precision == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif precision == "int8":
-        if representative is None:
-            raise ValueError("int8 conversion needs representative data")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([sample[None]] for sample in representative)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+    for key, value in options.items():
+        _set_option(converter, key, value, representative)
     with warnings.catch_warnings():
         # int8 input with a representative dataset: the converter derives the input scale itself
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
         return converter.convert()
+
+
+def _set_option(converter: tf.lite.TFLiteConverter, key: str, value: str, representative) -> None:
+    """One registry option as the TFLiteConverter attribute of that name (values are enum and dtype names)."""
+    if key == "optimizations":
+        converter.optimizations = [tf.lite.Optimize[value]]
+    elif key == "supported_types":
+        converter.target_spec.supported_types = [tf.as_dtype(value)]
+    elif key == "supported_ops":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet[value]]
+    elif key in ("inference_input_type", "inference_output_type"):
+        setattr(converter, key, tf.as_dtype(value))
+    elif key == "representative_dataset":  # the value names the data; the images are `representative`
+        if representative is None:
+            raise ValueError(f"representative_dataset ({value}) needs representative data")
+        converter.representative_dataset = lambda: ([sample[None]] for sample in representative)
+    else:
+        raise ValueError(f"unknown TFLite converter option {key!r} in the format registry")
 
 
 def embed_metadata(model_bytes: bytes, metadata: dict) -> bytes:
@@ -101,7 +115,7 @@ def export_tflite(
 def write_format(
     fmt: ExportFormat, model: tf.keras.Model, representative: np.ndarray, meta: dict, export_dir: Path
 ) -> int:
-    data = embed_metadata(convert(model, fmt.precision, representative), {**meta, "format": fmt.name})
+    data = embed_metadata(convert(model, fmt.converter, representative), {**meta, "format": fmt.name})
     with atomic_path(fmt.path(export_dir)) as tmp:
         tmp.write_bytes(data)
     log.info("wrote %s (%d bytes)", fmt.path(export_dir), len(data))
