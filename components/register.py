@@ -1,6 +1,7 @@
 """register: one MLflow run per pipeline run (params, per-artifact metrics, files, results table); the
 int8 .tflite registered as a model version, only when the release gates passed. The registry queries
-(store, versions, champion alias) are in components.registry.
+(store, versions, champion alias) are in components.registry, the release around it (git tag, champion)
+in components.release.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 import io
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import cloudpickle
@@ -20,10 +22,11 @@ from mlflow.models import infer_signature
 
 import components.litert_pyfunc
 import components.runtimes
-from components.config import MlflowConfig, Params
+from components.config import Params
 from components.dataset import load_split, read_dataset_info
 from components.errors import EdgepipeError
 from components.formats import RELEASE_FORMAT, get_format
+from components.paths import ProjectPaths
 from components.registry import Registration, check_reachable, existing_version, tracking_uri
 from components.tracking import DESCRIPTION_TAG, fit_tag, flatten
 
@@ -80,50 +83,51 @@ def log_run_details(description: str, prepared_dir: Path, report: dict) -> None:
         mlflow.log_dict({"classes": classes, **report["confusion"]}, "confusion_matrices.json")
 
 
-def register(
-    config: MlflowConfig,
-    params: Params,
-    root: Path,
-    export_dir: Path,
-    prepared_dir: Path,
-    report: dict,
-    extra_metrics: dict[str, float],
-    files: list[Path],
-    tags: dict[str, str],
-    version_tags: dict[str, str],
-    run_name: str | None = None,
-    description: str | None = None,
-    run_id: str | None = None,
-) -> Registration:
-    """Log the validation matrix, sizes and files to the pipeline's MLflow run (`run_id`, or a new run named
-    `run_name` when the store was not reachable when the pipeline started) and, when the gates passed,
-    register the release file as a model version."""
-    uri = tracking_uri(root)
+@dataclass(frozen=True)
+class RunRecord:
+    """What registration logs to the pipeline's MLflow run, besides the model files."""
+
+    report: dict  # the validation report: matrix, sizes, gates
+    metrics: dict[str, float]  # more metrics: sparsity, float val accuracy, MCU sizes
+    files: tuple[Path, ...]  # logged as run artifacts, a folder as a folder
+    run_tags: dict[str, str]
+    version_tags: dict[str, str]  # on a new model version; "sha256" is the release file's
+    run_name: str | None = None  # names a new run (the store did not answer when the pipeline started)
+    description: str | None = None
+    run_id: str | None = None  # the pipeline's run (components.tracking), None: a new run
+
+
+def register(params: Params, paths: ProjectPaths, record: RunRecord) -> Registration:
+    """Log the validation matrix, sizes and files to the pipeline's MLflow run (`record.run_id`, or a new run
+    named `record.run_name` when the store was not reachable when the pipeline started) and, when the gates
+    passed, register the release file as a model version."""
+    uri = tracking_uri(paths.root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(config.experiment)
+    mlflow.set_experiment(params.mlflow.experiment)
     release = get_format(RELEASE_FORMAT)
-    x_example, _ = load_split(prepared_dir, "test")
+    x_example, _ = load_split(paths.prepared_dir, "test")
     x_example = x_example[:4]
+    report, run_id = record.report, record.run_id
     # Resuming the run marks it FINISHED on exit (FAILED on an error); the flow sets its final status.
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
-        mlflow.set_tags(tags)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else record.run_name) as run:
+        mlflow.set_tags(record.run_tags)
         if run_id is None:  # a run opened by components.tracking has its params already
             mlflow.log_params(flatten("", params.model_dump(mode="json")))
-        mlflow.log_metrics({"float_accuracy": report["float_accuracy"], **extra_metrics})
+        mlflow.log_metrics({"float_accuracy": report["float_accuracy"], **record.metrics})
         mlflow.log_metrics(validation_metrics(report))
         mlflow.log_metric("gates_passed", float(report["gates"]["passed"]))
-        if description is not None:
-            log_run_details(description, prepared_dir, report)
+        if record.description is not None:
+            log_run_details(record.description, paths.prepared_dir, report)
         if report["gates"]["failures"]:  # visible in the run list; the whole list is in validation.json
             mlflow.set_tag("gate_failures", "; ".join(report["gates"]["failures"])[:4900])
-        for path in files:
+        for path in record.files:
             if path.is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=path.name)
             else:
                 mlflow.log_artifact(str(path), artifact_path=path.parent.name)
 
-        tflite = release.path(export_dir)
+        tflite = release.path(paths.export_dir)
         logits = components.runtimes.litert(tflite)(x_example)
         # The pyfunc returns probabilities: same shape and dtype as the logits.
         signature = infer_signature(x_example, logits.astype(np.float32))
@@ -138,22 +142,22 @@ def register(
                 signature=signature,
                 input_example=x_example,
                 pip_requirements=PYFUNC_REQUIREMENTS,
-                metadata={"edgepipe_format": release.name, "sha256": version_tags["sha256"]},
+                metadata={"edgepipe_format": release.name, "sha256": record.version_tags["sha256"]},
             )
         finally:
             cloudpickle.unregister_pickle_by_value(components.litert_pyfunc)
             cloudpickle.unregister_pickle_by_value(components.runtimes)
         onnx_format = get_format("onnx_float32")
         mlflow.onnx.log_model(
-            onnx.load(str(onnx_format.path(export_dir))),
+            onnx.load(str(onnx_format.path(paths.export_dir))),
             name=onnx_format.name,
             signature=infer_signature(x_example[:1], logits[:1]),
         )
 
         version = None
         new_version = False
-        if report["gates"]["passed"] and config.register_model:
-            version = existing_version(uri, params.model.name, version_tags["sha256"])
+        if report["gates"]["passed"] and params.mlflow.register_model:
+            version = existing_version(uri, params.model.name, record.version_tags["sha256"])
             if version:
                 log.info(
                     "%s version %s already holds these bytes; not registered again",
@@ -165,7 +169,7 @@ def register(
                     # MLflow prints "Successfully registered model" to stderr; the log line below says it
                     with contextlib.redirect_stderr(io.StringIO()):
                         registered = mlflow.register_model(
-                            tflite_info.model_uri, params.model.name, tags=version_tags
+                            tflite_info.model_uri, params.model.name, tags=record.version_tags
                         )
                 except MlflowException as exc:
                     raise EdgepipeError(f"MLflow could not register {params.model.name}: {exc}") from None

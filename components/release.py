@@ -1,21 +1,43 @@
-"""release: the git half of a release. A gate-passing run commits what `dvc.lock` records (with the params
-and the data's .dvc file it was made from) and tags that commit `<model>@v<N>`, the MLflow version
-number; `dvc get --rev <tag>` or a checkout of the tag + `dvc pull` returns the released bytes.
+"""release: what a gate-passing run becomes, as one transaction (`release`): the MLflow run gets the
+results; the outputs `dvc.lock` records are committed in git (with the params and the data's .dvc file
+they were made from) and the commit tagged `<model>@v<N>`; MLflow version N of the release file is
+registered with that tag; the champion alias moves to it if it scored at least as well. A failure after
+tagging removes the tag, so a re-run registers exactly once. `dvc get --rev <tag>` or a checkout of the tag
++ `dvc pull` returns the released bytes.
 
-Plain git through subprocess: the project is the user's own repository, and git is what they will use to
-look at it.
+The git half is plain git through subprocess: the project is the user's own repository, and git is what
+they will use to look at it.
 """
 
 from __future__ import annotations
 
 import logging
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
+from mlflow.tracking import MlflowClient
 
+from components import versioning
+from components.atomic import read_json
+from components.config import Params
 from components.errors import EdgepipeError
+from components.formats import FORMATS, RELEASE_FORMAT, get_format
+from components.hashing import file_digest
+from components.paths import ProjectPaths
+from components.prepare import describe_data
+from components.register import RunRecord, register
+from components.registry import (
+    Registration,
+    check_reachable,
+    existing_version,
+    next_version,
+    promote_champion,
+    tracking_uri,
+)
+from components.stages import STAGES
+from components.tracking import identity_tags, input_tags
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +50,106 @@ class GitRelease:
     tag: str
     commit: str
     created: bool  # False: the tag already pointed at this commit (a re-run after a failed registration)
+
+
+def release(
+    params: Params,
+    params_file: Path,
+    paths: ProjectPaths,
+    results: dict[str, dict],
+    *,
+    prefect_run_id: str,
+    run_name: str | None,
+    run_id: str | None,
+) -> Registration:
+    """Log the run's results to MLflow (`run_id`: the pipeline's run; None: a new run named `run_name`) and,
+    when the gates passed, release: git commit + tag `<model>@v<N>`, MLflow version N tagged with it, the
+    champion alias. `results`: what each step returned (validate's is the report)."""
+    uri = tracking_uri(paths.root)
+    check_reachable(uri)  # before touching git: a dead server changes nothing
+    report = results["validate"]
+    version_tags = release_tags(paths, report)
+    git_release = None
+    if (
+        report["gates"]["passed"]
+        and params.mlflow.register_model
+        and params.release.git_tag
+        and existing_version(uri, params.model.name, version_tags["sha256"]) is None
+    ):
+        number = next_version(uri, params.model.name)
+        git_release = tag_release(params, params_file, paths, number, version_tags["sha256"])
+        version_tags["git_tag"] = git_release.tag
+    data = read_json(paths.metrics_file("prepare"))
+    # after the release commit: git_commit names the commit the tag points at
+    run_tags = {**input_tags(data), **identity_tags(params, paths.root, prefect_run_id)}
+    record = RunRecord(
+        report=report,
+        metrics=run_metrics(results),
+        files=run_files(paths),
+        run_tags=run_tags,
+        version_tags={**run_tags, **version_tags},
+        run_name=run_name,
+        description=describe_data(data) + "\n\n" + paths.report_file.read_text(),
+        run_id=run_id,
+    )
+    try:
+        registration = register(params, paths, record)
+    except BaseException:
+        if git_release is not None and git_release.created:
+            delete_tag(paths.root, git_release.tag)
+        raise
+    if registration.version is None:
+        return registration
+    released = MlflowClient(uri).get_model_version(params.model.name, registration.version)
+    champion = promote_champion(uri, params.model.name, registration.version, params.release.champion_alias)
+    return replace(registration, git_tag=released.tags.get("git_tag"), champion=champion)
+
+
+def release_accuracy(report: dict) -> float | None:
+    """Top-1 test accuracy of the release file in LiteRT: what the champion alias compares."""
+    for cell in report["cells"]:
+        if cell["format"] == RELEASE_FORMAT and cell["runtime"] == "litert" and cell.get("loaded"):
+            return cell["accuracy"]
+    return None  # it did not load: the gates have failed
+
+
+def release_tags(paths: ProjectPaths, report: dict) -> dict[str, str]:
+    """The release file's identity in DVC and its score, as model version tags."""
+    release_file = get_format(RELEASE_FORMAT).path(paths.export_dir)
+    tags = {"sha256": file_digest(release_file), "dvc_md5": versioning.locked_md5(paths.root, release_file)}
+    if (accuracy := release_accuracy(report)) is not None:
+        tags["test_accuracy"] = f"{accuracy:.6f}"
+    return tags
+
+
+def tag_release(
+    params: Params, params_file: Path, paths: ProjectPaths, number: int, sha256: str
+) -> GitRelease:
+    """Commit the release files and tag the commit `<model>@v<number>` (MLflow's next version number)."""
+    tag = tag_name(params.release.tag_format, params.model.name, number)
+    files = release_files(paths.root, params_file, paths.raw_dir(params.data))
+    filename = get_format(RELEASE_FORMAT).filename
+    return commit_and_tag(paths.root, files, tag, f"Release {tag}: {filename} sha256 {sha256}")
+
+
+def run_metrics(results: dict[str, dict]) -> dict[str, float]:
+    """The steps' figures the MLflow run shows beside the validation matrix."""
+    mcu = results["mcu"]
+    return {
+        "sparsity": results["qat"]["sparsity"],
+        "float_val_accuracy": results["train"]["val_accuracy"],
+        "mcu.arena_bytes": mcu["arena_bytes"],
+        "mcu.flash_bytes": mcu["flash_bytes"],
+        "mcu.openmv_input_error_steps": mcu["openmv_input_error_steps"],
+    }
+
+
+def run_files(paths: ProjectPaths) -> tuple[Path, ...]:
+    """What the MLflow run keeps: the exports, reports, MCU package, each step's metrics and curves."""
+    files = [fmt.path(paths.export_dir) for fmt in FORMATS] + [paths.reports_dir, paths.mcu_dir]
+    files += [stage.metrics(paths) for stage in STAGES] + [paths.release_predictions]
+    files += [paths.history_file(name) for name in ("train", "prune", "qat")]
+    return tuple(files)
 
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

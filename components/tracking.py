@@ -22,8 +22,12 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from components import versioning
+from components.atomic import read_json
 from components.config import Params
 from components.errors import EdgepipeError
+from components.paths import ProjectPaths
+from components.prepare import describe_data
 from components.registry import check_reachable
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,25 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         return client.create_experiment(name)
     except Exception:  # created by a concurrent run in between
         return client.get_experiment_by_name(name).experiment_id
+
+
+def identity_tags(params: Params, root: Path, prefect_run_id: str) -> dict[str, str]:
+    """What ties the MLflow run to the Prefect run, the code and the settings it ran with."""
+    return {
+        "prefect_flow_run_id": prefect_run_id,
+        "git_commit": versioning.git_commit(root),
+        "params_hash": params.section_digest(*Params.model_fields),
+    }
+
+
+def input_tags(prepare_metrics: dict) -> dict[str, str]:
+    """The model input `prepare` decided, and why (`auto` or params.yaml), as MLflow run tags."""
+    data = prepare_metrics
+    chosen = "; ".join(f"{k} {v}" for k, v in data.get("image_chosen", {}).items())
+    return {
+        "input_shape": f"{data['image_height']}x{data['image_width']}x{data['image_channels']}",
+        "input_chosen": chosen or "params.yaml",
+    }
 
 
 def fit_tag(text: str) -> str:
@@ -135,6 +158,14 @@ class PipelineRun:
                 DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context), counts])
             )
         self._do(lambda client, run_id: client.log_inputs(run_id, datasets=inputs))
+
+    def log_prepared_data(self, paths: ProjectPaths, raw_dir: Path) -> None:
+        """After `prepare`: the splits as dataset inputs, the model input it chose as tags, the data line as
+        the run's description."""
+        data = read_json(paths.metrics_file("prepare"))
+        manifest = read_json(paths.manifest)
+        self.log_dataset(paths.prepared_dir, raw_dir, versioning.data_md5(raw_dir), manifest["class_counts"])
+        self.set_tags({**input_tags(data), DESCRIPTION_TAG: describe_data(data)})
 
     def set_tags(self, tags: dict[str, str]) -> None:
         def action(client: MlflowClient, run_id: str) -> None:

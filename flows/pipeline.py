@@ -9,10 +9,8 @@ outputs it already records ends in Prefect's "Skipped" state; each step that ran
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -23,24 +21,14 @@ from components import versioning
 from components.atomic import read_json
 from components.config import Params, load_params
 from components.errors import EdgepipeError
-from components.formats import FORMATS, RELEASE_FORMAT, get_format
-from components.hashing import file_digest
-from components.locking import Timeout, project_lock
+from components.locking import one_run_at_a_time
 from components.paths import ProjectPaths
 from components.prepare import describe_data, ensure_raw_data
 from components.pretrained import weights_file
-from components.register import register
-from components.registry import (
-    Registration,
-    check_reachable,
-    existing_version,
-    next_version,
-    promote_champion,
-    tracking_uri,
-)
-from components.release import commit_and_tag, delete_tag, release_files, tag_name
+from components.registry import Registration, tracking_uri
+from components.release import release
 from components.stages import STAGES, get_stage
-from components.tracking import DESCRIPTION_TAG, PipelineRun
+from components.tracking import PipelineRun, identity_tags
 from components.validate import grouped_failures
 from flows.orchestration import task_runner_map
 
@@ -97,98 +85,21 @@ def run_stage(stage_name: str, params: Params, root: Path, current: bool) -> dic
     return result
 
 
-def release_accuracy(report: dict) -> float | None:
-    """Top-1 test accuracy of the release file in LiteRT: what the champion alias compares."""
-    for cell in report["cells"]:
-        if cell["format"] == RELEASE_FORMAT and cell["runtime"] == "litert" and cell.get("loaded"):
-            return cell["accuracy"]
-    return None  # it did not load: the gates have failed
-
-
-def identity_tags(params: Params, root: Path) -> dict[str, str]:
-    """What ties the MLflow run to the Prefect run, the code and the settings it ran with."""
-    return {
-        "prefect_flow_run_id": str(flow_run.id),
-        "git_commit": versioning.git_commit(root),
-        "params_hash": params.section_digest(*Params.model_fields),
-    }
-
-
-def input_tags(prepare_metrics: dict) -> dict[str, str]:
-    """The model input `prepare` decided, and why (`auto` or params.yaml), as MLflow run tags."""
-    data = prepare_metrics
-    chosen = "; ".join(f"{k} {v}" for k, v in data.get("image_chosen", {}).items())
-    return {
-        "input_shape": f"{data['image_height']}x{data['image_width']}x{data['image_channels']}",
-        "input_chosen": chosen or "params.yaml",
-    }
-
-
 @task(name="register")
 def register_task(
-    params: Params, params_file: Path, root: Path, report: dict, stage_metrics: dict, run_id: str | None
+    params: Params, params_file: Path, root: Path, results: dict, run_id: str | None
 ) -> Registration:
-    """The MLflow run, and for a gate-passing run the release: git commit + tag `<model>@v<N>`, MLflow
-    version N tagged with it, the champion alias. A failure after tagging removes the tag, so a re-run
-    (Prefect's retries, or the user's) registers exactly once."""
-    paths = ProjectPaths(root)
-    uri = tracking_uri(root)
-    check_reachable(uri)  # before touching git: a dead server changes nothing
-    release_file = get_format(RELEASE_FORMAT).path(paths.export_dir)
-    sha256 = file_digest(release_file)
-    version_tags = {
-        "sha256": sha256,
-        "dvc_md5": versioning.locked_md5(root, release_file),
-    }
-    if (accuracy := release_accuracy(report)) is not None:
-        version_tags["test_accuracy"] = f"{accuracy:.6f}"
-    releasing = report["gates"]["passed"] and params.mlflow.register_model
-    git_release = None
-    if releasing and params.release.git_tag and existing_version(uri, params.model.name, sha256) is None:
-        number = next_version(uri, params.model.name)
-        tag = tag_name(params.release.tag_format, params.model.name, number)
-        files = release_files(root, params_file, paths.raw_dir(params.data))
-        git_release = commit_and_tag(root, files, tag, f"Release {tag}: {release_file.name} sha256 {sha256}")
-        version_tags["git_tag"] = git_release.tag
-    data = read_json(paths.metrics_file("prepare"))
-    run_tags = {**input_tags(data), **identity_tags(params, root)}
-    version_tags = {**run_tags, **version_tags}
-    files = [fmt.path(paths.export_dir) for fmt in FORMATS] + [paths.reports_dir, paths.mcu_dir]
-    files += [stage.metrics(paths) for stage in STAGES] + [paths.release_predictions]
-    files += [paths.history_file(name) for name in ("train", "prune", "qat")]
-    mcu = stage_metrics["mcu"]
-    extra = {
-        "sparsity": stage_metrics["qat"]["sparsity"],
-        "float_val_accuracy": stage_metrics["train"]["val_accuracy"],
-        "mcu.arena_bytes": mcu["arena_bytes"],
-        "mcu.flash_bytes": mcu["flash_bytes"],
-        "mcu.openmv_input_error_steps": mcu["openmv_input_error_steps"],
-    }
-    try:
-        registration = register(
-            params.mlflow,
-            params,
-            root,
-            paths.export_dir,
-            paths.prepared_dir,
-            report,
-            extra,
-            files,
-            run_tags,
-            version_tags,
-            run_name=flow_run.name,
-            description=describe_data(data) + "\n\n" + paths.report_file.read_text(),
-            run_id=run_id,
-        )
-    except BaseException:
-        if git_release is not None and git_release.created:
-            delete_tag(root, git_release.tag)
-        raise
-    if registration.version is None:
-        return registration
-    released = MlflowClient(uri).get_model_version(params.model.name, registration.version)
-    champion = promote_champion(uri, params.model.name, registration.version, params.release.champion_alias)
-    return replace(registration, git_tag=released.tags.get("git_tag"), champion=champion)
+    """The MLflow run, and for a gate-passing run the release (components.release): git tag, MLflow version,
+    champion alias. A failure after tagging removes the tag, so Prefect's retries register exactly once."""
+    return release(
+        params,
+        params_file,
+        ProjectPaths(root),
+        results,
+        prefect_run_id=str(flow_run.id),
+        run_name=flow_run.name,
+        run_id=run_id,
+    )
 
 
 @task(name="dvc-push", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
@@ -208,29 +119,19 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
     params_file = root / params_path
     params = load_params(params_file)
     paths = ProjectPaths(root)
-    lock = project_lock(root, params.orchestration)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        logger.info("another edgepipe run holds %s; waiting for it to finish", lock.lock_file)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise EdgepipeError(
-                f"another run of this project held {lock.lock_file} for longer than "
-                f"orchestration.lock_timeout_seconds ({params.orchestration.lock_timeout_seconds:g} s)"
-            ) from None
-    try:
+
+    def waiting(lock_file: str) -> None:
+        logger.info("another edgepipe run holds %s; waiting for it to finish", lock_file)
+
+    with one_run_at_a_time(root, params.orchestration, waiting):
         return _run_pipeline(params, params_file, root, paths, push, logger)
-    finally:
-        lock.release()
 
 
 def _run_pipeline(
     params: Params, params_file: Path, root: Path, paths: ProjectPaths, push: bool, logger
 ) -> dict:
     weights_file(params.model, params.data.image, root)  # missing weights: stop before anything changes
-    tags = identity_tags(params, root)
+    tags = identity_tags(params, root, str(flow_run.id))
     tracking = PipelineRun(tracking_uri(root), params.mlflow.experiment, flow_run.name, tags, params)
     tracking.open()
     try:
@@ -269,14 +170,8 @@ def _run_steps(
         if paths.history_file(stage.name).is_file():
             tracking.log_history(stage.name, paths.history_file(stage.name))
         if stage.name == "prepare":
-            data = read_json(paths.metrics_file("prepare"))
-            described = describe_data(data)
-            raw_dir = paths.raw_dir(params.data)
-            manifest = read_json(paths.prepared_dir / "manifest.json")
-            tracking.log_dataset(
-                paths.prepared_dir, raw_dir, versioning.data_md5(raw_dir), manifest["class_counts"]
-            )
-            tracking.set_tags({**input_tags(data), DESCRIPTION_TAG: described})
+            tracking.log_prepared_data(paths, paths.raw_dir(params.data))
+    data = read_json(paths.metrics_file("prepare"))
     report = results["validate"]
 
     create_markdown_artifact(
@@ -296,7 +191,7 @@ def _run_steps(
     )
     tracking.open()  # the store may answer now if it did not when the run started
     if not report["gates"]["passed"]:
-        registration = register(params, params_file, root, report, results, tracking.run_id)  # for the record
+        registration = register(params, params_file, root, results, tracking.run_id)  # for the record
         tracking.run_id = registration.run_id
         raise EdgepipeError(
             "release gates failed, nothing registered or pushed.\n"
@@ -305,7 +200,7 @@ def _run_steps(
         )
     # The remote holds the bytes before any registry points at them.
     pushed = push_task(root) if push else None  # None: not asked to push
-    registration = register(params, params_file, root, report, results, tracking.run_id)
+    registration = register(params, params_file, root, results, tracking.run_id)
     tracking.run_id = registration.run_id
     return {
         "report": report,
