@@ -17,8 +17,8 @@ from components.atomic import read_json, write_json
 from components.config import DataConfig
 from components.errors import EdgepipeError
 from components.hashing import tree_digest
+from components.image_folder import IMAGE_SUFFIXES
 from components.paths import ProjectPaths
-from components.prepare import IMAGE_SUFFIXES
 
 DATA_EVENT = "edgepipe.data.updated"
 

@@ -1,39 +1,37 @@
 """prepare: image folder -> checked, resized, stratified train/val/test split + manifest.
 
-Input layout: `<raw_dir>/<class name>/<image>` with .png/.jpg/.jpeg/.bmp in any case. Other files
-(README, .DS_Store, ...) are skipped and listed in the log. Images of any size or channel count are
-converted to the configured channels and resized (bilinear) to the configured size. Class names may
-contain spaces and non-ASCII characters; they are kept as written.
+The folder is read and checked by components.image_folder. Images of any size or channel count are
+converted to the configured channels and resized (bilinear) to the configured size. Before it, `ingest`
+makes sure the folder holds images (`ensure_raw_data`: the bundled digits when allowed).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
+from PIL import Image
 
 from components.atomic import atomic_path, write_json
 from components.config import ARCHITECTURE_INPUT_SIZE, DataConfig, ImageSpec, Params
 from components.errors import EdgepipeError
 from components.hashing import file_digest
+from components.image_folder import (
+    SKIPPABLE,
+    BadImage,
+    DataProblem,
+    decode_image,
+    describe_problems,
+    has_images,
+    scan_image_folder,
+)
 from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class LabelledImage:
-    path: Path
-    label: int
 
 
 def write_bundled_digits(raw_dir: Path) -> int:
@@ -48,10 +46,6 @@ def write_bundled_digits(raw_dir: Path) -> int:
         Image.fromarray(pixels).save(class_dir / f"digit_{index:04d}.png")
     log.info("wrote %d bundled digit images to %s", len(digits.images), raw_dir)
     return len(digits.images)
-
-
-def has_images(raw_dir: Path) -> bool:
-    return raw_dir.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in raw_dir.rglob("*"))
 
 
 def ensure_raw_data(config: DataConfig, raw_dir: Path) -> Path:
@@ -70,121 +64,6 @@ def ensure_raw_data(config: DataConfig, raw_dir: Path) -> Path:
         )
     write_bundled_digits(raw_dir)
     return raw_dir
-
-
-@dataclass(frozen=True)
-class DataProblem:
-    """One file or folder that cannot be used, found by the data check (all are collected, then reported)."""
-
-    path: Path
-    kind: str  # one of PROBLEM_FIXES
-    detail: str
-
-
-# kind -> what the user should do about it
-PROBLEM_FIXES = {
-    "not a readable image": "Delete or replace the file.",
-    "empty (0-byte) file": "Delete it or replace it with a valid image.",
-    "class folder has no images (.png/.jpg/.jpeg/.bmp)": "Add images or remove the folder.",
-    "name is not valid UTF-8": "Rename it (UTF-8 names such as café are fine).",
-}
-SKIPPABLE = ("not a readable image", "empty (0-byte) file")
-LISTED = 50  # problems named per report; the rest are counted
-
-
-def describe_problems(raw_dir: Path, problems: list[DataProblem], skippable: bool) -> str:
-    """Every problem at once, grouped by kind, each with its fix: one run finds them all."""
-    lines = [f"{raw_dir}: {len(problems)} problem(s) in the data, nothing changed. Fix them and run again"]
-    if skippable:
-        lines[0] += " (or set data.on_bad_image: skip to leave unreadable images out of training)"
-    lines[0] += ":"
-    listed = 0
-    for kind, fix in PROBLEM_FIXES.items():
-        group = [p for p in problems if p.kind == kind]
-        if not group:
-            continue
-        lines.append(f"  {kind} ({len(group)}): {fix}")
-        for problem in group[: max(0, LISTED - listed)]:
-            lines.append(f"    {problem.path}: {kind}{problem.detail}")
-        listed += len(group)
-    if listed > LISTED:
-        lines.append(f"  ... and {listed - LISTED} more (the first {LISTED} are named above)")
-    return "\n".join(lines)
-
-
-def scan_image_folder(raw_dir: Path) -> tuple[list[str], list[LabelledImage], list[DataProblem]]:
-    """List classes (sorted folder names), their images and the problems found (empty class folders,
-    names that are not UTF-8); raise at once only on layouts that cannot train at all."""
-    if not raw_dir.is_dir():
-        raise EdgepipeError(f"{raw_dir}: folder not found. Create it with one subfolder per class.")
-    stray = sorted(p.name for p in raw_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if stray:
-        raise EdgepipeError(
-            f"{raw_dir}: images must be inside one subfolder per class, found {len(stray)} at the top level "
-            f"(e.g. {stray[0]}). Move them into {raw_dir}/<class name>/."
-        )
-    class_dirs = sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    images: list[LabelledImage] = []
-    classes: list[str] = []
-    problems: list[DataProblem] = []
-    for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-        accepted = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-        skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-        if skipped:
-            log.warning(
-                "%s: skipped %d non-image file(s): %s", class_dir, len(skipped), ", ".join(skipped[:5])
-            )
-        if not accepted:
-            problems.append(DataProblem(class_dir, "class folder has no images (.png/.jpg/.jpeg/.bmp)", "."))
-            continue
-        for path in accepted:  # names go into manifest.json and model metadata, which are UTF-8
-            try:
-                path.relative_to(raw_dir).as_posix().encode("utf-8")
-            except UnicodeEncodeError:
-                shown = Path(os.fsencode(path).decode("utf-8", "backslashreplace"))
-                problems.append(DataProblem(shown, "name is not valid UTF-8", ""))
-        label = len(classes)
-        classes.append(class_dir.name)
-        images.extend(LabelledImage(path, label) for path in accepted)
-    if len(classes) < 2 and not problems:
-        raise EdgepipeError(
-            f"{raw_dir}: found {len(classes)} class folder(s); a classifier needs at least 2. "
-            f"Add one subfolder of images per class."
-        )
-    return classes, images, problems
-
-
-class BadImage(Exception):
-    def __init__(self, problem: DataProblem):
-        super().__init__(problem.detail)
-        self.problem = problem
-
-
-def decode_image(path: Path, height: int, width: int) -> tuple[np.ndarray, bool]:
-    """Decode and resize one image to uint8 HxWx3 (RGB), and whether it has colour. Grayscale sources are
-    expanded channel-equal, so converting back to one channel gives exactly their pixels. A file that
-    cannot be used raises BadImage carrying the problem."""
-    if path.stat().st_size == 0:
-        raise BadImage(DataProblem(path, "empty (0-byte) file", "."))
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit: keep the top 8 bits, not a clip
-                img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
-            coloured = img.mode not in ("1", "L", "LA", "I", "F") and not img.mode.startswith("I;")
-            rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BadImage(DataProblem(path, "not a readable image", f" ({exc})")) from None
-    array = np.asarray(rgb.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
-    return array, coloured and has_colour(array)
-
-
-def has_colour(rgb: np.ndarray) -> bool:
-    """True when more than 1% of pixels differ between channels by more than JPEG noise (12 levels): a
-    grayscale photo saved as RGB counts as grayscale."""
-    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
-    return bool(np.mean(spread > 12) > 0.01)
 
 
 def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
@@ -207,6 +86,8 @@ def resolve_image(image: ImageSpec, architecture: str, any_colour: bool) -> dict
 
 def stratified_split(labels: np.ndarray, config: DataConfig, classes: list[str], files: list[Path]) -> dict:
     """Deterministic stratified split of indices into train/val/test."""
+    from sklearn.model_selection import train_test_split  # seconds to import: not for describe_data users
+
     split = config.split
     counts = np.bincount(labels, minlength=len(classes))
     train_fraction = 1.0 - split.val_fraction - split.test_fraction
