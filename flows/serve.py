@@ -5,7 +5,8 @@ Why not `prefect.serve()`: it catches the KeyboardInterrupt itself and then leav
 exit path that waits for every in-flight flow run to finish (the run's process is joined in a thread that
 cancellation cannot interrupt), so a Ctrl-C during a run waited for the whole run, while the data watcher
 went on emitting events. Here the runner runs in a thread of its own and is stopped with `Runner.astop()`,
-Prefect's own stop: it cancels in-flight runs (their state: Cancelled, with the reason) before it returns.
+Prefect's own stop: it cancels in-flight runs (their state: Cancelled, with the reason) before it returns
+(that thread and the Prefect API calls of the shutdown: flows.served_deployment).
 
 Shutdown order (each step bounded; the whole within `serve.stop_timeout_seconds`): watcher stopped ->
 deployment paused and its trigger automation removed (no new runs) -> runner stopped (in-flight runs
@@ -15,7 +16,6 @@ out, kills every process group at once and says which steps did not finish.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -29,6 +29,14 @@ import psutil
 
 from components.config import Params
 from components.paths import ProjectPaths
+from flows.served_deployment import (
+    RunnerThread,
+    cancel_unfinished_runs,
+    drain_prefect_workers,
+    open_runs,
+    pause_and_remove_trigger,
+    short_api_calls,
+)
 from flows.servers import (
     Server,
     check_port_free,
@@ -42,7 +50,6 @@ from flows.servers import (
 from flows.supervisor import terminate_then_kill
 
 log = logging.getLogger("edgepipe.serve")
-CANCEL_REASON = "edgepipe serve was stopped"
 
 
 class Shutdown:
@@ -115,106 +122,6 @@ def kill_descendants(except_pids: set[int] = frozenset(), grace: float = 0.0) ->
     return len(terminate_then_kill(procs, grace))
 
 
-class RunnerThread(threading.Thread):
-    """Prefect's Runner with the served deployment, on an event loop of its own."""
-
-    def __init__(self, deployment):
-        super().__init__(name="edgepipe-runner", daemon=True)
-        from prefect.runner import Runner
-
-        self.deployment = deployment
-        self.runner = Runner(name="edgepipe-serve", pause_on_shutdown=False)
-        self.ready = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        async def main():
-            self.loop = asyncio.get_running_loop()
-            self.deployment_id = await self.runner.aadd_deployment(self.deployment)
-            self.ready.set()
-            await self.runner.start()
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # reported by the main thread
-            self.error = exc
-            self.ready.set()
-
-    def stop(self, timeout: float) -> bool:
-        """Runner.astop(): in-flight runs cancelled (process killed, state Cancelled), loops ended."""
-        if self.loop is not None and self.is_alive():
-            future = asyncio.run_coroutine_threadsafe(self.runner.astop(), self.loop)
-            future.result(timeout=timeout)
-        self.join(timeout)
-        return not self.is_alive()
-
-
-def _short_api_calls():
-    """Prefect client calls during shutdown: no retries, short timeouts (the default retries for minutes)."""
-    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
-
-    # Two retries: the SQLite-backed server answers 503 now and then while a cancelled run writes its state.
-    return temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 2, PREFECT_API_REQUEST_TIMEOUT: 5})
-
-
-def drain_prefect_workers() -> None:
-    """Send the logs and events still queued while the server is up (else they fail loudly at exit)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        try:
-            worker.drain_all(timeout=3)
-        except Exception:  # noqa: BLE001  (best effort: the servers stop next either way)
-            pass
-
-
-def pause_and_remove_trigger(deployment_id) -> int:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        client.pause_deployment(deployment_id)
-        owned = client.read_resource_related_automations(f"prefect.deployment.{deployment_id}")
-        client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
-    return len(owned)
-
-
-def open_runs(deployment_id) -> list:
-    """The deployment's runs that are queued (waiting for the concurrency slot), pending or running."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    open_states = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=open_states))
-            ),
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-        )
-
-
-def cancel_unfinished_runs(deployment_id) -> set:
-    """What is still open once the runner stopped: Cancelled with the reason, none left Late or Running."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelled
-
-    runs = open_runs(deployment_id)
-    with get_client(sync_client=True) as client:
-        for flow_run in runs:
-            message = f"{CANCEL_REASON} before this run {'ended' if flow_run.start_time else 'started'}"
-            client.set_flow_run_state(flow_run.id, Cancelled(message=message), force=True)
-    return {flow_run.id for flow_run in runs}
-
-
 def serve(config: Params, root: Path, params_path: str, prefect_port: int, mlflow_port: int, say) -> int:
     """Serve until a signal; returns the exit code (0 after a clean stop)."""
     started_stopping = 0.0
@@ -281,7 +188,7 @@ def serve(config: Params, root: Path, params_path: str, prefect_port: int, mlflo
             watcher.join(5)
             shutdown.step_done("stop the data watcher")
         if deployment_id is not None:
-            with _short_api_calls():
+            with short_api_calls():
                 try:
                     removed = pause_and_remove_trigger(deployment_id)
                     say(f"Paused the deployment. Removed {removed} automation(s) of the served deployment")
