@@ -8,22 +8,18 @@ from pathlib import Path
 
 import typer
 import yaml
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 import flows  # noqa: F401  (environment before TensorFlow/Prefect)
 from components.errors import EdgepipeError
 from components.paths import ProjectPaths
+from flows.cli_output import console, err_console, print_results, rich_table
 
 app = typer.Typer(
     help="edgepipe: image folder -> pruned, quantised, validated, versioned edge models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-# Logs and CI have no terminal width; keep the results table readable there.
-console = Console(emoji=False) if sys.stdout.isatty() else Console(width=150, emoji=False)
-err_console = Console(stderr=True)
 
 
 def user_errors(command):
@@ -69,55 +65,6 @@ def run(
     print_results(result)
 
 
-def print_results(result: dict) -> None:
-    from components.prepare import describe_data
-    from components.registry import redacted
-    from components.report import ARTIFACT_COLUMNS, MATRIX_COLUMNS, artifact_rows, matrix_rows
-
-    report = result["report"]
-    console.print(describe_data(result["data"]), markup=False, highlight=False)
-    console.print(
-        rich_table(
-            f"Validation matrix (float Keras top-1 accuracy {report['float_accuracy']:.4f}, "
-            f"{report['test_images']} test images)",
-            MATRIX_COLUMNS,
-            matrix_rows(report),
-        )
-    )
-    console.print(rich_table("Artifacts", ARTIFACT_COLUMNS, artifact_rows(report)))
-    registration = result["registration"]
-    console.print(f"Release gates: {'passed' if report['gates']['passed'] else 'FAILED'}")
-    console.print(f"Report: {result['report_file']} (plots beside it)")
-    model = f"MLflow model {registration.model_name} version {registration.version}"
-    if registration.new_version:
-        console.print(
-            f"Registered {model}" + (f", git tag {registration.git_tag}" if registration.git_tag else "")
-        )
-    elif registration.version:
-        console.print(f"{model} already holds these bytes; nothing new registered")
-    else:
-        console.print("Not registered in MLflow (mlflow.register_model is false in params.yaml)")
-    if registration.champion:
-        console.print(f"Alias {registration.champion}")
-    if result["pushed"] is None:
-        console.print("DVC: not pushed (--no-push); `dvc push` sends the outputs to the remote")
-    elif result["pushed"]:
-        console.print(f"DVC: pushed {result['pushed']} file(s) to the default remote")
-    else:
-        console.print("DVC: the default remote already holds every output")
-    console.print("Look further:")
-    if registration.tracking_uri.startswith("sqlite:"):
-        console.print(
-            f"  mlflow ui --backend-store-uri {registration.tracking_uri}   (run {registration.run_id})"
-        )
-    else:
-        console.print(f"  MLflow UI: {redacted(registration.tracking_uri)}   (run {registration.run_id})")
-    console.print(
-        "  prefect server start   (then run with PREFECT_API_URL=http://127.0.0.1:4200/api to see it there)"
-    )
-    console.print("  dvc status; dvc pull models/export/model_int8.tflite   (in another clone)")
-
-
 @app.command()
 def formats(markdown: bool = typer.Option(False, help="print the Markdown table the README holds")) -> None:
     """The format registry: every artifact the pipeline exports and the runtimes that must run it."""
@@ -144,16 +91,6 @@ def formats(markdown: bool = typer.Option(False, help="print the Markdown table 
         for target in fmt.runtimes:
             if target.note and not target.required:
                 console.print(f"* {fmt.name} on {target.name}: {target.note}")
-
-
-def rich_table(title: str, columns: tuple[str, ...], rows: list[dict]) -> Table:
-    table = Table(title=title)
-    for column in columns:
-        numeric = column in ("bytes", "gzip bytes", "bytes/param", "arena bytes")
-        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in columns))
-    return table
 
 
 @app.command()
