@@ -130,11 +130,23 @@ except RuntimeError:
 
 
 def tflm_arena_fits(path: Path, arena_size: int) -> bool:
-    """Whether TFLite-Micro allocates and runs the model in `arena_size` bytes (asked in a child process)."""
+    """Whether TFLite-Micro allocates and runs the model in `arena_size` bytes (asked in a child process).
+
+    Too small shows as a RuntimeError (exit 3) or as a crash right after TFLite-Micro's own "Failed to
+    allocate" line; a child that fails any other way (a bad file, a missing package) is an error, never
+    an answer of "too small"."""
     child = subprocess.run(
         [sys.executable, "-c", _ARENA_PROBE, str(path), str(arena_size)], capture_output=True, timeout=300
     )
-    return child.returncode == 0
+    if child.returncode == 0:
+        return True
+    stderr = child.stderr.decode(errors="replace")
+    if child.returncode == 3 or (child.returncode < 0 and "Failed to allocate" in stderr):
+        return False
+    raise RuntimeError(
+        f"TFLite-Micro could not run {path} in a {arena_size}-byte arena for another reason than its size "
+        f"(exit code {child.returncode}): {stderr.strip()[-500:]}"
+    )
 
 
 def tflm_arena_bytes(path: Path) -> int:

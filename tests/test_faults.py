@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -145,11 +146,14 @@ def task_states(stderr: str) -> dict[str, str]:
     return {name: state for name, state in TASK_FINISHED.findall(stderr)}
 
 
-def log_time(stderr: str, needle: str) -> str:
-    """The HH:MM:SS.mmm stamp of the first log line containing `needle` (same day: compares as text)."""
+def log_time(stderr: str, needle: str, since: datetime) -> float:
+    """Seconds from `since` to the first log line containing `needle`. Prefect stamps lines with the time of
+    day only (HH:MM:SS.mmm); counted modulo a day from `since`, a run that crosses midnight still orders."""
     for line in stderr.splitlines():
         if needle in line and (match := LOG_LINE.match(line)):
-            return match.group(1)
+            stamp = datetime.strptime(match.group(1), "%H:%M:%S.%f").time()
+            at = datetime.combine(since.date(), stamp)
+            return (at - since).total_seconds() % 86400
     raise AssertionError(f"no log line contains {needle!r}")
 
 
@@ -503,7 +507,7 @@ def test_two_runs_started_at_once_serialise_and_release_once(faults_base, prefec
     root = make_project_repo(base / "project", base / "remote")
     uri = f"sqlite:///{base / 'mlflow.db'}"
     env = cli_env(prefect_home, uri)
-    started = time.monotonic()
+    started, started_at = time.monotonic(), datetime.now()
     launched = [start_cli(root, env, f"run-concurrent-{i}") for i in (1, 2)]
     results = [finish_cli(*job, started) for job in launched]
     scenario = "4 two runs at once (from scratch)"
@@ -517,7 +521,8 @@ def test_two_runs_started_at_once_serialise_and_release_once(faults_base, prefec
     note(scenario, f"the waiting run logged: `{wait_line}`")
     assert f"{root / '.dvc' / 'tmp' / 'edgepipe-run.lock'}; waiting for it to finish" in wait_line
     # serialised: the waiter started its first step only after the holder had registered
-    assert log_time(waiter.stderr, "Task run 'ingest-") > log_time(holder.stderr, "Task run 'register-")
+    waiter_began = log_time(waiter.stderr, "Task run 'ingest-", started_at)
+    assert waiter_began > log_time(holder.stderr, "Task run 'register-", started_at)
     assert f"Registered MLflow model {MODEL} version 1, git tag {FIRST_TAG}" in holder.stdout
     assert f"MLflow model {MODEL} version 1 already holds these bytes" in waiter.stdout
     waiter_states = task_states(waiter.stderr)

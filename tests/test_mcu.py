@@ -15,7 +15,7 @@ import pytest
 
 from components.errors import EdgepipeError
 from components.mcu import package_for_mcu
-from components.runtimes import tflm
+from components.runtimes import tflm, tflm_arena_fits
 
 LABELS = ["bars", "stripes", "diagonal"]
 
@@ -105,8 +105,7 @@ def test_package_writes_every_file_and_the_c_array_is_the_model_byte_for_byte(pa
 
 
 def test_c_array_is_formatted_like_xxd_i(package, models):
-    if shutil.which("xxd") is None:
-        pytest.skip("xxd is not installed")
+    assert shutil.which("xxd"), "this test needs xxd (`apt-get install xxd`; .ci/run installs it)"
     xxd = subprocess.run(
         ["xxd", "-i", str(models["int8"])], capture_output=True, text=True, check=True
     ).stdout
@@ -117,8 +116,7 @@ def test_c_array_is_formatted_like_xxd_i(package, models):
 
 
 def test_generated_c_compiles_links_and_keeps_the_model_16_byte_aligned(package, models, tmp_path):
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not installed")
+    assert shutil.which("g++"), "this test needs g++ (`apt-get install g++`; .ci/run installs it)"
     _, out = package
     harness = tmp_path / "harness.cc"
     harness.write_text(
@@ -211,3 +209,11 @@ def test_repackaging_replaces_the_folder_and_a_failed_run_leaves_the_previous_on
         package_for_mcu(models["float32"], metadata(), out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["mcu"]  # no temporary folder left beside it
+
+
+def test_an_arena_probe_that_fails_for_another_reason_is_an_error_not_too_small(models, tmp_path):
+    assert tflm_arena_fits(models["int8"], 1 << 20) and not tflm_arena_fits(models["int8"], 64)
+    not_a_model = tmp_path / "notes.tflite"
+    not_a_model.write_text("not a flatbuffer")
+    with pytest.raises(RuntimeError, match="for another reason than its size"):
+        tflm_arena_fits(not_a_model, 1 << 20)

@@ -29,6 +29,7 @@ from components.config import load_params
 from components.dataset import load_split
 from components.formats import FORMATS, RELEASE_FORMAT, get_format
 from components.paths import ProjectPaths
+from components.prepare import describe_data
 from components.up_to_date import unchanged_release
 from conftest import DVC, make_project_repo, run
 from flows.pipeline import pipeline
@@ -171,7 +172,11 @@ def test_registered_pyfunc_serves_the_tflite_with_litert(first_run):
     probabilities = model.predict(x[:5])
     assert probabilities.shape == (5, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    assert [i.name for i in model.metadata.get_input_schema().inputs] == [None] or model.metadata.signature
+    # the signature logged from an input example: one unnamed float32 image tensor in, probabilities out
+    (image,) = model.metadata.get_input_schema().inputs
+    assert image.name is None and image.type == np.dtype("float32") and image.shape == (-1, *x.shape[1:])
+    (output,) = model.metadata.get_output_schema().inputs
+    assert output.shape == (-1, 3)
 
 
 def test_report_is_a_prefect_artifact(first_run):
@@ -182,7 +187,8 @@ def test_report_is_a_prefect_artifact(first_run):
     table = [a for a in artifacts if a.flow_run_id == first_run["flow_run_id"]][0].data
     for fmt in FORMATS:
         assert fmt.filename in table
-    assert table == (first_run["root"] / "reports" / "report.md").read_text()
+    data_line = describe_data(first_run["result"]["data"])
+    assert table == data_line + "\n\n" + (first_run["root"] / "reports" / "report.md").read_text()
 
 
 def test_dvc_status_is_clean_and_repro_skips_every_stage(first_run):

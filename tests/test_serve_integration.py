@@ -232,7 +232,11 @@ def test_the_same_deployment_runs_on_a_process_work_pool(served, triggered):
     with urllib.request.urlopen(f"{prefect_api}/deployments/name/edgepipe/edgepipe-pool", timeout=30) as r:
         deployment = json.loads(r.read())
     assert deployment["work_pool_name"] == "test-pool"
-    assert deployment["concurrency_limit"] == 1 or deployment.get("global_concurrency_limit")
+    # Prefect reports a deployment's limit in one of two fields, depending on how it was set: either way 1
+    limit = deployment.get("concurrency_limit")
+    if limit is None:
+        limit = (deployment.get("global_concurrency_limit") or {}).get("limit")
+    assert limit == 1, deployment
     flow_run = api(f"{prefect_api}/deployments/{deployment['id']}/create_flow_run", {})
     worker = subprocess.run(
         [
