@@ -2,8 +2,9 @@
 runtime that must run it (and how it is fed). It drives export, validation, the gates, the results
 table, the benchmark and the docs (`edgepipe formats`).
 
-A runtime target with `required=False` is one the file is known not to work in (measured, see the
-note): it is still tried and its error or disagreement is reported, but it does not block a release.
+A runtime target with `required=False` is one the file is known to fail in, on every model or on some
+(measured, see the note): it is still tried and its result, error or disagreement is reported, but it
+does not block a release.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def get_format(name: str) -> ExportFormat:
 def registry_markdown() -> str:
     """The registry as the Markdown table the README shows (a test checks the README holds it)."""
     rows = [
-        "| format | file | precision | made from | must run in | tried, known not to work |",
+        "| format | file | precision | made from | must run in | also run, not required |",
         "|---|---|---|---|---|---|",
     ]
     for fmt in FORMATS:

@@ -5,7 +5,7 @@ A cell records whether the runtime loaded the file (with the runtime's own error
 accuracy, top-1 agreement with and the largest logit difference from the Keras model the
 file was made from, and top-1 agreement with the first runtime of its row on the same file. A required
 cell that loads but disagrees fails its gate like one that cannot load; a cell the registry marks as
-known not to work is reported and never gated.
+not required (known to fail on some or all models) is reported and never gated.
 """
 
 from __future__ import annotations

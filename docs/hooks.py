@@ -76,7 +76,7 @@ def formats_markdown() -> str:
             f"The release file (registered in MLflow, packaged for microcontrollers): `{RELEASE_FORMAT}`.\n",
             "### What each file is and how it is converted\n",
             _table(("format", "container", "what it is for", "converter options"), converter_rows),
-            "### Runtimes known not to work (tried on every run, reported, not blocking)\n",
+            "### Runtimes not required: known to fail on every model or on some (run every time, reported)\n",
             "\n".join(notes) + "\n",
         ]
     )

@@ -47,9 +47,12 @@ def run(
     """Run the whole pipeline as a Prefect flow and print the results table. When nothing changed since the
     last release (dvc status, the MLflow registry), say so and print its results without starting Prefect."""
     from components.config import load_params
+    from components.pretrained import weights_file
     from components.up_to_date import unchanged_release
 
-    config = load_params(project_dir / params)  # fail on a bad params file before Prefect starts
+    # What can be checked in seconds fails before Prefect starts: the params file, the weights file.
+    config = load_params(project_dir / params)
+    weights_file(config.model, config.data.image, project_dir.resolve())
     result = unchanged_release(config, project_dir.resolve(), push)
     if result is not None:
         console.print(
@@ -79,7 +82,7 @@ def formats(markdown: bool = typer.Option(False, help="print the Markdown table 
             "file": fmt.filename,
             "precision": fmt.precision,
             "made from": fmt.source,
-            "runtimes (* = known not to work, reported only)": ", ".join(
+            "runtimes (* = not required: fails on some or all models)": ", ".join(
                 t.name + ("" if t.required else "*") for t in fmt.runtimes
             ),
             "converter": ", ".join(f"{k}={v}" for k, v in fmt.converter.items()) or "defaults",

@@ -422,7 +422,7 @@ CLI_CASES = [
             "weights/old.keras not found.",
             "e.g. the models/float.keras of an earlier run",
         ),
-        starts_prefect=True,
+        starts_prefect=False,
     ),
     CliCase(
         "imagenet-weights-offline",
@@ -443,7 +443,7 @@ CLI_CASES = [
             "could not be downloaded",
             f"/home/.keras/models/{IMAGENET_0_35_96}, then run again. Nothing was changed.",
         ),
-        starts_prefect=True,
+        starts_prefect=False,
         # HOME: the empty Keras cache; a download that fails at once, as offline: never a real download
         env={"EDGEPIPE_KERAS_WEIGHTS_URL": "http://127.0.0.1:9/", "HOME": "{base}/home"},
     ),

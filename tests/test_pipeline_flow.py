@@ -349,6 +349,25 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
     assert not report["gates"]["passed"]
 
 
+def test_a_flow_run_with_a_missing_weights_file_stops_before_anything_changes(first_run, tmp_path):
+    """A deployment runs the flow without the CLI's early checks: the flow makes the same one itself."""
+    root = tmp_path / "no-weights"
+    shutil.copytree(first_run["root"], root, symlinks=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["model"]["pretrained"] = "weights/missing.keras"
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    lock_before = (root / "dvc.lock").read_text()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        state = pipeline(params_path="params.yaml", project_dir=str(root), return_state=True)
+    assert state.is_failed()
+    assert "weights/missing.keras not found" in str(state.result(raise_on_failure=False))
+    assert (root / "dvc.lock").read_text() == lock_before
+    task_names = task_states(state.state_details.flow_run_id)
+    assert "ingest" not in task_names  # stopped before the first step
+
+
 def test_a_run_from_a_weights_file_trains_in_two_phases_and_releases(first_run, tmp_path):
     """model.pretrained: the float model of the first run, as a user starts from an earlier run's model."""
     root = tmp_path / "transfer"
