@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -215,14 +216,21 @@ def onnxruntime(path: Path, threads: int = 2) -> Runner:
     return run
 
 
+# validate runs the formats' cells on parallel threads. One run (of many) saw OpenCV's classic TFLite
+# importer reject the float .tflite ("Unsupported operator type MEAN") that it loads in every other run,
+# byte-identical: reading models and setting OpenCV's global thread count are serialised.
+_OPENCV_LOAD = threading.Lock()
+
+
 def opencv_dnn(path: Path, threads: int = 2, engine: str | None = None, layout: str = "NHWC") -> Runner:
     """cv2.dnn with the given engine (OpenCV 5: "classic" or "new"). ONNX graphs take their declared NHWC
     input; OpenCV's TFLite importer wants an NCHW blob although the model declares NHWC."""
     import cv2
 
-    cv2.setNumThreads(threads)
     read = cv2.dnn.readNetFromTFLite if Path(path).suffix == ".tflite" else cv2.dnn.readNetFromONNX
-    net = read(str(path), opencv_engine(engine)) if engine else read(str(path))
+    with _OPENCV_LOAD:
+        cv2.setNumThreads(threads)
+        net = read(str(path), opencv_engine(engine)) if engine else read(str(path))
 
     def run(images: np.ndarray) -> np.ndarray:
         logits = []
