@@ -67,12 +67,10 @@ def check_reachable(uri: str) -> None:
 
 
 def existing_version(uri: str, model_name: str, sha256: str) -> str | None:
-    """The model version whose file has this sha256, so an unchanged re-run registers nothing new."""
-    client = MlflowClient(uri)
-    for version in client.search_model_versions(f"name = '{model_name}'"):
-        if version.tags.get("sha256") == sha256:
-            return str(version.version)
-    return None
+    """The number of the model version whose file has this sha256, so an unchanged re-run registers
+    nothing new."""
+    version = version_holding(uri, model_name, sha256)
+    return None if version is None else str(version.version)
 
 
 def next_version(uri: str, model_name: str) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from components import versioning
 from components.atomic import read_json
 from components.config import Params
+from components.errors import EdgepipeError
 from components.formats import RELEASE_FORMAT, get_format
 from components.hashing import file_digest
 from components.locking import Timeout, project_lock
@@ -52,8 +53,8 @@ def _unchanged_release(params: Params, root: Path, paths: ProjectPaths, push: bo
     uri = tracking_uri(root)
     try:
         check_reachable(uri)
-    except Exception:
-        return None
+    except EdgepipeError:
+        return None  # the flow says so, with the fix
     version = version_holding(
         uri, params.model.name, file_digest(get_format(RELEASE_FORMAT).path(paths.export_dir))
     )
