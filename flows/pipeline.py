@@ -21,6 +21,7 @@ from components import versioning
 from components.atomic import read_json
 from components.config import Params, load_params
 from components.errors import EdgepipeError
+from components.gates import grouped_failures
 from components.locking import one_run_at_a_time
 from components.paths import ProjectPaths
 from components.prepare import describe_data, ensure_raw_data
@@ -29,7 +30,6 @@ from components.registry import Registration, tracking_uri
 from components.release import release
 from components.stages import STAGES, get_stage
 from components.tracking import PipelineRun, identity_tags
-from components.validate import grouped_failures
 from flows.orchestration import task_runner_map
 
 

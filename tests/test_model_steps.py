@@ -1,5 +1,6 @@
 """train -> prune -> qat -> export -> validate on tiny data, through the same stage table the flow and
-`dvc repro` use. Every exported file is reloaded and run in each runtime its format names."""
+`dvc repro` use (tests/conftest.py `trained` runs it once per session). Every exported file is reloaded
+and run in each runtime its format names."""
 
 from __future__ import annotations
 
@@ -15,13 +16,12 @@ from components.dataset import load_split, read_dataset_info
 from components.export_onnx import to_onnx
 from components.export_tflite import read_tflite_metadata
 from components.formats import FORMATS, RELEASE_FORMAT, get_format
+from components.gates import gate_failures, grouped_failures
 from components.model import load_model, save_model, sparsity
 from components.paths import ProjectPaths
 from components.qat import load_qat_model
 from components.runtimes import open_runner
-from components.stages import STAGES
-from components.validate import gate_failures, grouped_failures
-from conftest import TINY_PARAMS, write_image_folder
+from conftest import TINY_PARAMS
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +33,10 @@ INT8_MIN_AGREEMENT = 0.9  # top-1 agreement of the int8 file with its QAT model
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Params, ProjectPaths, dict]:
-    root = tmp_path_factory.mktemp("project")
-    params = Params.model_validate(TINY_PARAMS)
-    write_image_folder(root / "data" / "raw", per_class=30)
-    paths = ProjectPaths(root)
-    results = {stage.name: stage.run(params, paths) for stage in STAGES}
-    return params, paths, results
+def project(trained, tmp_path_factory) -> tuple[Params, ProjectPaths, dict]:
+    """A copy of the session's trained project (every step run once, in-process, through the stage table)."""
+    root = trained.copy(trained.unreleased, tmp_path_factory.mktemp("steps"))
+    return trained.params, ProjectPaths(root), trained.results
 
 
 @pytest.fixture(scope="module")

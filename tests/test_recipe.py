@@ -211,7 +211,7 @@ def test_tiny_params_keep_augmentation_off():
 def test_an_accuracy_drop_of_exactly_the_bar_passes():
     """3 of 60 test images is a drop of exactly 0.05, which float subtraction makes 0.05000000000000004."""
     from components.config import GatesConfig
-    from components.validate import cell_failures
+    from components.gates import cell_failures
 
     cell = {"format": "tflite_int8", "runtime": "litert", "loaded": True, "precision": "int8"}
     cell |= {"agreement": 1.0, "logit_error": 0.0}
