@@ -152,6 +152,8 @@ def register(params: Params, paths: ProjectPaths, record: RunRecord) -> Registra
             onnx.load(str(onnx_format.path(paths.export_dir))),
             name=onnx_format.name,
             signature=infer_signature(x_example[:1], logits[:1]),
+            # named, not inferred: MLflow infers them by loading the model in a subprocess (~11 s here)
+            pip_requirements=mlflow.onnx.get_default_pip_requirements(),
         )
 
         version = None
