@@ -139,6 +139,76 @@ def decode_image(path: Path, height: int, width: int) -> tuple[np.ndarray, bool]
     return array, coloured and has_colour(array)
 
 
+@dataclass(frozen=True)
+class DecodedFolder:
+    images: list[np.ndarray]  # uint8 HxWx3 (RGB), in the order of `kept`
+    kept: list[LabelledImage]
+    skipped: list[DataProblem]  # left out under data.on_bad_image: skip
+    colour: bool  # some kept image has colour
+
+
+def decode_folder(
+    raw_dir: Path,
+    classes: list[str],
+    images: list[LabelledImage],
+    problems: list[DataProblem],
+    on_bad_image: str,
+    size: tuple[int, int],
+) -> DecodedFolder:
+    """Decode every image at `size` (height, width). Raises one EdgepipeError listing every problem that
+    blocks training: all of them with on_bad_image "error"; with "skip", those unreadable images cannot fix
+    (an empty or non-UTF-8 name, a class left without any readable image)."""
+    decoded, kept, colour = [], [], False
+    problems = list(problems)
+    for item in images:
+        try:
+            array, coloured = decode_image(item.path, *size)
+        except BadImage as bad:
+            problems.append(bad.problem)
+            continue
+        decoded.append(array)
+        kept.append(item)
+        colour = colour or coloured
+    skipped = [p for p in problems if p.kind in SKIPPABLE]
+    blocking = [p for p in problems if on_bad_image == "error" or p.kind not in SKIPPABLE]
+    emptied = sorted(set(range(len(classes))) - {item.label for item in kept})
+    blocking += [
+        DataProblem(
+            raw_dir / classes[c],
+            "class folder has no images (.png/.jpg/.jpeg/.bmp)",
+            ": all of them are unreadable",
+        )
+        for c in emptied
+        if on_bad_image == "skip"
+    ]
+    if blocking:
+        raise EdgepipeError(describe_problems(raw_dir, blocking, skippable=on_bad_image == "error"))
+    return DecodedFolder(decoded, kept, skipped, colour)
+
+
+def quick_check(raw_dir: Path, on_bad_image: str) -> None:
+    """The data check of `edgepipe run`, in seconds and before anything starts: the folder layout and each
+    image's header (Pillow reads the header only). When that finds a problem, every image is decoded, as
+    `prepare` does, so that one message lists all of them. A folder without images is left to `ingest`
+    (bundled data or its own message); an image whose header is fine but whose data is not is found by
+    `prepare`."""
+    if not has_images(raw_dir):
+        return
+    classes, images, problems = scan_image_folder(raw_dir)
+    if problems or not all(header_readable(item.path) for item in images):
+        decode_folder(raw_dir, classes, images, problems, on_bad_image, size=(8, 8))
+
+
+def header_readable(path: Path) -> bool:
+    try:
+        if path.stat().st_size == 0:
+            return False
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
+        return False
+
+
 def has_colour(rgb: np.ndarray) -> bool:
     """True when more than 1% of pixels differ between channels by more than JPEG noise (12 levels): a
     grayscale photo saved as RGB counts as grayscale."""

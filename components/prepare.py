@@ -18,15 +18,7 @@ from components.atomic import atomic_path, write_json
 from components.config import ARCHITECTURE_INPUT_SIZE, DataConfig, ImageSpec, Params
 from components.errors import EdgepipeError
 from components.hashing import file_digest
-from components.image_folder import (
-    SKIPPABLE,
-    BadImage,
-    DataProblem,
-    decode_image,
-    describe_problems,
-    has_images,
-    scan_image_folder,
-)
+from components.image_folder import decode_folder, has_images, scan_image_folder
 from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
@@ -126,30 +118,10 @@ def prepare(
     """
     classes, images, problems = scan_image_folder(raw_dir)
     probe = resolve_image(config.image, architecture, any_colour=False)
-    decoded, kept, colour = [], [], False
-    for item in images:
-        try:
-            array, coloured = decode_image(item.path, probe["height"], probe["width"])
-        except BadImage as bad:
-            problems.append(bad.problem)
-            continue
-        decoded.append(array)
-        kept.append(item)
-        colour = colour or coloured
-    skipped = [p for p in problems if p.kind in SKIPPABLE]
-    blocking = [p for p in problems if config.on_bad_image == "error" or p.kind not in SKIPPABLE]
-    emptied = sorted(set(range(len(classes))) - {item.label for item in kept})
-    blocking += [
-        DataProblem(
-            raw_dir / classes[c],
-            "class folder has no images (.png/.jpg/.jpeg/.bmp)",
-            ": all of them are unreadable",
-        )
-        for c in emptied
-        if config.on_bad_image == "skip"
-    ]
-    if blocking:
-        raise EdgepipeError(describe_problems(raw_dir, blocking, skippable=config.on_bad_image == "error"))
+    folder = decode_folder(
+        raw_dir, classes, images, problems, config.on_bad_image, (probe["height"], probe["width"])
+    )
+    decoded, kept, colour, skipped = folder.images, folder.kept, folder.colour, folder.skipped
     for problem in skipped:
         log.warning("skipped %s: %s%s", problem.path, problem.kind, problem.detail)
     image = resolve_image(config.image, architecture, any_colour=colour or colour_model)

@@ -47,12 +47,15 @@ def run(
     """Run the whole pipeline as a Prefect flow and print the results table. When nothing changed since the
     last release (dvc status, the MLflow registry), say so and print its results without starting Prefect."""
     from components.config import load_params
+    from components.image_folder import quick_check
+    from components.paths import ProjectPaths
     from components.pretrained import weights_file
     from components.up_to_date import unchanged_release
 
-    # What can be checked in seconds fails before Prefect starts: the params file, the weights file.
+    # What can be checked in seconds fails before Prefect starts: the params and weights files, the data.
     config = load_params(project_dir / params)
     weights_file(config.model, config.data.image, project_dir.resolve())
+    quick_check(ProjectPaths(project_dir.resolve()).raw_dir(config.data), config.data.on_bad_image)
     result = unchanged_release(config, project_dir.resolve(), push)
     if result is not None:
         console.print(

@@ -27,6 +27,7 @@ from PIL import Image
 
 from components.config import DataConfig, Params, load_params
 from components.errors import EdgepipeError
+from components.image_folder import quick_check
 from components.paths import ProjectPaths
 from components.prepare import ensure_raw_data, prepare
 from conftest import TINY_PARAMS, make_project_repo, write_image_folder, write_params
@@ -285,6 +286,42 @@ def test_bad_data(case: DataCase, tmp_path, caplog):
         assert case.logged in caplog.text
 
 
+@pytest.mark.parametrize("case", DATA_CASES, ids=[case.id for case in DATA_CASES])
+def test_the_quick_check_before_a_run_says_what_prepare_says_or_leaves_it_to_prepare(case, tmp_path):
+    """`edgepipe run` checks the folder before Prefect starts. It may find less than prepare (an image
+    whose header is fine but whose data is not), never something else, never a problem prepare accepts."""
+    raw = write_image_folder(tmp_path / "project" / "data" / "raw", per_class=PER_CLASS, classes=CLASSES)
+    case.damage(raw)
+    config = data_config(case.split)
+    try:
+        quick_check(raw, config.on_bad_image)
+        quick = None
+    except EdgepipeError as exc:
+        quick = str(exc)
+    if quick is None:
+        return  # prepare's own outcome is test_bad_data's
+    with pytest.raises(EdgepipeError) as info:
+        prepare_as_the_pipeline_does(config, raw, tmp_path / "project" / "data" / "prepared")
+    assert str(info.value) == quick
+    assert not (tmp_path / "project" / "data" / "prepared").exists()
+
+
+def test_a_bad_header_makes_the_quick_check_decode_everything_and_name_every_bad_file(tmp_path):
+    """One run names them all: the unreadable header and the truncated data that only decoding finds."""
+    raw = write_image_folder(tmp_path / "raw", per_class=PER_CLASS, classes=CLASSES)
+    (raw / "bars" / "bars_001.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage" * 3)
+    truncated = raw / "stripes" / "stripes_002.png"
+    truncated.write_bytes(truncated.read_bytes()[:120])
+    with pytest.raises(EdgepipeError) as info:
+        quick_check(raw, "error")
+    message = str(info.value)
+    assert "2 problem(s) in the data" in message
+    assert f"{raw / 'bars' / 'bars_001.png'}: not a readable image" in message
+    assert f"{truncated}: not a readable image (image file is truncated" in message
+    (raw / "bars" / "bars_001.png").unlink()
+    quick_check(raw, "error")  # the header of the truncated file is fine: prepare finds it
+
+
 # --- params.yaml ---------------------------------------------------------------------------------------
 
 
@@ -406,13 +443,13 @@ CLI_CASES = [
         "corrupt-image",
         lambda root: (root / "data/raw/bars/bars_001.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage" * 3),
         ("data/raw/bars/bars_001.png: not a readable image", "Delete or replace the file."),
-        starts_prefect=True,
+        starts_prefect=False,
     ),
     CliCase(
         "empty-class-folder",
         lambda root: (root / "data/raw/empty class").mkdir(),
         ("data/raw/empty class: class folder has no images", "Add images or remove the folder."),
-        starts_prefect=True,
+        starts_prefect=False,
     ),
     CliCase(
         "pretrained-file-missing",
