@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 # Before Prefect, MLflow or TensorFlow are imported by any test module: an isolated Prefect home,
@@ -169,10 +170,56 @@ def make_project_repo(dest: Path, remote: Path, per_class: int = 24) -> Path:
     return dest
 
 
+@dataclass(frozen=True)
+class TrainedProject:
+    """The tiny project trained once per session (see `trained`): two snapshots of its folder."""
+
+    through_qat: Path  # prepare, train, prune and qat done and recorded in dvc.lock; no export yet
+    unreleased: Path  # every step done and recorded; nothing pushed, registered or tagged
+    params: Params
+    results: dict  # what each step returned: {stage name: result}
+
+    def copy(self, snapshot: Path, base: Path) -> Path:
+        """A copy at base/project, its DVC remote the empty folder base/remote (the snapshot's remote is
+        relative: ../remote beside the project folder)."""
+        root = base / "project"
+        shutil.copytree(snapshot, root, symlinks=True)
+        (base / "remote").mkdir()
+        return root
+
+
 @pytest.fixture(scope="session")
-def prefect_api():
-    """A real temporary Prefect server for the session (Prefect's own test harness)."""
+def trained(tmp_path_factory) -> TrainedProject:
+    """The tiny project (a real git + DVC repository) trained once for every test that needs a trained one:
+    each step run in-process through the stage table and recorded with `dvc commit`, as the flow does it.
+    Tests copy a snapshot; the one from-scratch `edgepipe` flow run is tests/test_pipeline_flow.py's."""
+    from components import versioning
+    from components.paths import ProjectPaths
+    from components.stages import STAGES
+
+    base = tmp_path_factory.mktemp("trained")
+    root = make_project_repo(base / "work", Path("../remote"), per_class=30)
+    params = Params.model_validate(yaml.safe_load((root / "params.yaml").read_text()))
+    paths = ProjectPaths(root)
+    snapshots, results = base / "snapshots", {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # as the flow and `dvc repro` run: from the project folder
+        versioning.track_data(root, paths.raw_dir(params.data))  # the ingest step
+        for stage in STAGES:
+            results[stage.name] = stage.run(params, paths)
+            versioning.commit_stage(root, stage.name)
+            if stage.name == "qat":
+                shutil.copytree(root, snapshots / "through-qat", symlinks=True)
+    shutil.copytree(root, snapshots / "unreleased", symlinks=True)
+    return TrainedProject(snapshots / "through-qat", snapshots / "unreleased", params, results)
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """A real temporary Prefect server for the session (Prefect's own test harness): flows run in the test
+    process use it, and `edgepipe run` subprocesses given its API URL (returned) use it as a team's server."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield PREFECT_API_URL.value()

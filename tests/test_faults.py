@@ -1,5 +1,9 @@
 """Real faults against real parts, run as a user runs edgepipe: `python -m flows.cli run` in a temporary git +
-DVC project, no Prefect server (Prefect's temporary one), no mocks.
+DVC project, against the session's Prefect server (a team's setup; scenario 3 without one, so Prefect starts
+its temporary server), no mocks.
+
+Each scenario copies the session's trained project (tests/conftest.py `trained`): the steps they are about
+are the flow's, not the training.
 
 1. The MLflow server is down at registration, then comes back (a real `mlflow server` on the same port):
    the first run fails clearly with everything on disk and in the DVC remote but nothing registered or
@@ -38,7 +42,7 @@ from components import versioning
 from components.hashing import file_digest
 from components.paths import ProjectPaths
 from components.stages import STAGES
-from conftest import DVC, GIT, free_port, make_project_repo, run, write_params
+from conftest import DVC, GIT, free_port, run, write_params
 from flows.servers import start_mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -63,10 +67,13 @@ class CliRun:
     seconds: float
 
 
-def cli_env(prefect_home: Path, tracking_uri: str) -> dict[str, str]:
-    """The user's shell: no Prefect server (Prefect starts its temporary one), a Prefect home of its own,
-    the venv's tools first on PATH, the tracking store from MLFLOW_TRACKING_URI."""
+def cli_env(prefect_home: Path, tracking_uri: str, prefect_api: str | None = None) -> dict[str, str]:
+    """The user's shell: a Prefect home of its own, the venv's tools first on PATH, the tracking store from
+    MLFLOW_TRACKING_URI. `prefect_api`: the API URL of a running Prefect server (a team's, here the
+    session's); None: no server, so each run starts Prefect's temporary one."""
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    if prefect_api is not None:
+        env["PREFECT_API_URL"] = prefect_api
     env["PREFECT_HOME"] = str(prefect_home)
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -283,16 +290,17 @@ def prefect_home(faults_base) -> Path:
 
 
 @pytest.fixture(scope="module")
-def outage(faults_base, prefect_home):
-    """Scenario 1, first run: MLFLOW_TRACKING_URI names a free port where nothing listens."""
+def outage(faults_base, prefect_home, trained, prefect_api):
+    """Scenario 1, first run: MLFLOW_TRACKING_URI names a free port where nothing listens. The project is
+    the session's trained one, every step done: the run pushes, then cannot register."""
     base = faults_base / "outage"
-    root = make_project_repo(base / "project", base / "remote")
+    root = trained.copy(trained.unreleased, base)
     write_params(root / "params.yaml", {"mlflow.retries": 1, "mlflow.retry_delay_seconds": 1})
-    run([*GIT, "commit", "-q", "-am", "registration: one retry after 1 s"], root)
+    run([*GIT, "commit", "-q", "-m", "registration: one retry after 1 s", "params.yaml"], root)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     head = git_head(root)
-    first = run_cli(root, cli_env(prefect_home, uri), "run1-server-down")
+    first = run_cli(root, cli_env(prefect_home, uri, prefect_api), "run1-server-down")
     note_run("1 MLflow server down, then back", "run 1 (nothing on the port)", first)
     # The project as the failed run left it: scenario 2 starts from a copy (every step cached).
     snapshot = base / "snapshot"
@@ -331,9 +339,9 @@ def test_registration_with_the_server_down_fails_clearly_and_keeps_everything_el
     assert not (root / "mlflow.db").exists() and not (root / "mlruns").exists()
 
 
-def test_when_the_server_is_back_the_next_run_registers_exactly_once(outage, prefect_home):
+def test_when_the_server_is_back_the_next_run_registers_exactly_once(outage, prefect_home, prefect_api):
     root, uri = outage.root, outage.uri
-    env = cli_env(prefect_home, uri)
+    env = cli_env(prefect_home, uri, prefect_api)
     scenario = "1 MLflow server down, then back"
     started = time.monotonic()
     # the same server `edgepipe serve` starts (flows.servers), on the port the failed run was pointed at
@@ -406,10 +414,10 @@ def assert_push_failed_and_nothing_else_changed(project, result: CliRun) -> str:
     return message
 
 
-def test_no_dvc_remote_fails_the_push_and_keeps_the_cache(remote_faults, prefect_home):
+def test_no_dvc_remote_fails_the_push_and_keeps_the_cache(remote_faults, prefect_home, prefect_api):
     root = remote_faults.root
     run([*DVC, "remote", "remove", "local"], root)
-    result = run_cli(root, cli_env(prefect_home, remote_faults.uri), "run-no-remote")
+    result = run_cli(root, cli_env(prefect_home, remote_faults.uri, prefect_api), "run-no-remote")
     note_run("2a DVC remote removed", "run", result)
     message = assert_push_failed_and_nothing_else_changed(remote_faults, result)
     assert "no remote specified" in message and "dvc remote add -d" in message
@@ -420,11 +428,12 @@ def test_no_dvc_remote_fails_the_push_and_keeps_the_cache(remote_faults, prefect
 
 
 @pytest.fixture(scope="module")
-def killed(faults_base, prefect_home):
-    """Scenario 3: `edgepipe run` from scratch, SIGKILLed (its whole process group: the CLI and Prefect's
-    temporary server) as soon as the export step has written its first file."""
+def killed(faults_base, prefect_home, trained):
+    """Scenario 3: `edgepipe run` on the session's project trained through qat, with no Prefect server
+    configured, SIGKILLed (its whole process group: the CLI and Prefect's temporary server) as soon as the
+    export step has written its first file. The other scenarios' runs use the session's Prefect server."""
     base = faults_base / "killed"
-    root = make_project_repo(base / "project", base / "remote")
+    root = trained.copy(trained.through_qat, base)
     env = cli_env(prefect_home, f"sqlite:///{base / 'mlflow.db'}")
     export_dir = ProjectPaths(root).export_dir
     started = time.monotonic()
@@ -475,13 +484,13 @@ def test_a_killed_run_leaves_no_partial_file_and_records_only_finished_steps(kil
     assert git_tags(root) == []
 
 
-def test_the_next_run_resumes_from_the_steps_dvc_lock_recorded(killed):
+def test_the_next_run_resumes_from_the_steps_dvc_lock_recorded(killed, prefect_home, prefect_api):
     root = killed.root
     paths = ProjectPaths(root)
     finished = [paths.prepared_dir / "train.npz", paths.float_model, paths.pruned_model, paths.qat_weights]
     before = {p: p.stat().st_mtime_ns for p in finished}
     locked_before = yaml.safe_load(killed.lock)["stages"]
-    result = run_cli(root, killed.env, "run-after-kill")
+    result = run_cli(root, cli_env(prefect_home, killed.uri, prefect_api), "run-after-kill")
     note_run("3 SIGKILL during export", "re-run", result)
     assert result.code == 0, result.stderr[-3000:]
     assert "waiting for it to finish" not in result.stderr  # the killed run's lock died with it
@@ -502,15 +511,17 @@ def test_the_next_run_resumes_from_the_steps_dvc_lock_recorded(killed):
 # --- 4. two runs at once -------------------------------------------------------------------------------
 
 
-def test_two_runs_started_at_once_serialise_and_release_once(faults_base, prefect_home):
+def test_two_runs_started_at_once_serialise_and_release_once(faults_base, prefect_home, trained, prefect_api):
+    """On the session's project trained through qat: the first run exports, validates and releases while
+    the second waits; the second then finds every step recorded and the release registered."""
     base = faults_base / "concurrent"
-    root = make_project_repo(base / "project", base / "remote")
+    root = trained.copy(trained.through_qat, base)
     uri = f"sqlite:///{base / 'mlflow.db'}"
-    env = cli_env(prefect_home, uri)
+    env = cli_env(prefect_home, uri, prefect_api)
     started, started_at = time.monotonic(), datetime.now()
     launched = [start_cli(root, env, f"run-concurrent-{i}") for i in (1, 2)]
     results = [finish_cli(*job, started) for job in launched]
-    scenario = "4 two runs at once (from scratch)"
+    scenario = "4 two runs at once (trained through qat)"
     for i, result in enumerate(results, 1):
         note_run(scenario, f"run {i} (seconds from the common start)", result)
     assert [r.code for r in results] == [0, 0], [r.stderr[-3000:] for r in results]
@@ -540,14 +551,16 @@ def test_two_runs_started_at_once_serialise_and_release_once(faults_base, prefec
 # --- more of scenarios 2 and 1 ----------------------------------------------------------------------
 
 
-def test_a_remote_that_is_a_file_fails_the_push_with_a_clear_message(remote_faults, prefect_home):
+def test_a_remote_that_is_a_file_fails_the_push_with_a_clear_message(
+    remote_faults, prefect_home, prefect_api
+):
     """Exit 2 with the remote's path named, as for a missing remote (DVC raises a bare NotADirectoryError
     here; components.versioning.push turns it into a user error)."""
     root = remote_faults.root
     not_a_dir = remote_faults.base / "not-a-dir"
     not_a_dir.write_text("a regular file where the remote folder should be\n")
     run([*DVC, "remote", "add", "--force", "--default", "local", str(not_a_dir)], root)
-    result = run_cli(root, cli_env(prefect_home, remote_faults.uri), "run-remote-is-a-file")
+    result = run_cli(root, cli_env(prefect_home, remote_faults.uri, prefect_api), "run-remote-is-a-file")
     note_run("2b DVC remote is a regular file", "run", result)
     if result.code != 2:
         tail = [line for line in result.stderr.splitlines() if line.strip()][-3:]

@@ -368,6 +368,28 @@ def test_a_flow_run_with_a_missing_weights_file_stops_before_anything_changes(fi
     assert "ingest" not in task_names  # stopped before the first step
 
 
+def test_an_image_only_decoding_finds_bad_stops_the_flow_at_prepare_and_names_it(first_run, tmp_path):
+    """`edgepipe run`'s quick check reads headers; a file whose header is fine but whose data is cut short
+    is found by the flow's prepare step, which names it and changes no step's record."""
+    root = tmp_path / "truncated"
+    shutil.copytree(first_run["root"], root, symlinks=True)
+    truncated = root / "data" / "raw" / "bars" / "bars_002.png"
+    truncated.write_bytes(truncated.read_bytes()[:120])
+    lock_before = (root / "dvc.lock").read_text()
+    manifest_before = (root / "data" / "prepared" / "manifest.json").read_bytes()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        state = pipeline(params_path="params.yaml", project_dir=str(root), return_state=True)
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "1 problem(s) in the data, nothing changed" in message
+    assert f"{truncated}: not a readable image (image file is truncated" in message
+    assert (root / "dvc.lock").read_text() == lock_before
+    assert (root / "data" / "prepared" / "manifest.json").read_bytes() == manifest_before
+    assert task_states(state.state_details.flow_run_id)["prepare"] == "Failed"
+
+
 def test_a_run_from_a_weights_file_trains_in_two_phases_and_releases(first_run, tmp_path):
     """model.pretrained: the float model of the first run, as a user starts from an earlier run's model."""
     root = tmp_path / "transfer"
