@@ -11,6 +11,7 @@ import io
 import logging
 import re
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import cloudpickle
@@ -43,7 +44,8 @@ class _KnownPickleWarning(logging.Filter):
 
 logging.getLogger("mlflow.pyfunc").addFilter(_KnownPickleWarning())
 
-PYFUNC_REQUIREMENTS = ["mlflow==3.17.2", "numpy", "ai-edge-litert==2.3.0"]
+# What the logged pyfunc needs to load and run, at the versions installed here (requirements.lock's)
+PYFUNC_REQUIREMENTS = [f"{name}=={package_version(name)}" for name in ("mlflow", "numpy", "ai-edge-litert")]
 
 
 def validation_metrics(report: dict) -> dict[str, float]:

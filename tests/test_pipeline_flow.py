@@ -5,6 +5,7 @@ skips the heavy steps, and a fresh clone that `dvc pull`s byte-identical artifac
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -177,6 +178,11 @@ def test_registered_pyfunc_serves_the_tflite_with_litert(first_run):
     assert image.name is None and image.type == np.dtype("float32") and image.shape == (-1, *x.shape[1:])
     (output,) = model.metadata.get_output_schema().inputs
     assert output.shape == (-1, 3)
+    # its requirements: the installed versions of what it imports, so a serving machine resolves the same
+    requirements = Path(mlflow.artifacts.download_artifacts("models:/tiny-patterns/1")) / "requirements.txt"
+    assert requirements.read_text().split() == [
+        f"{name}=={importlib.metadata.version(name)}" for name in ("mlflow", "numpy", "ai-edge-litert")
+    ]
 
 
 def test_report_is_a_prefect_artifact(first_run):
