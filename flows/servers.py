@@ -251,7 +251,9 @@ def start_prefect_server(host: str, port: int, state_dir: Path) -> Server:
 
 def start_mlflow_server(host: str, port: int, root: Path, log_dir: Path) -> Server:
     """`mlflow server` on the project's own store (the sqlite:///mlflow.db `edgepipe run` uses without a
-    server), artifacts served by the server from mlartifacts/, one worker."""
+    server), artifacts served by the server from mlartifacts/, one worker. Without MLflow's job execution:
+    MLflow 3 otherwise starts seven huey consumer processes (for GenAI evaluation jobs edgepipe never
+    submits), each importing MLflow, which took the CPU from pipeline runs on a 2-core machine."""
     cmd = [
         _executable("mlflow"),
         "server",
@@ -268,7 +270,8 @@ def start_mlflow_server(host: str, port: int, root: Path, log_dir: Path) -> Serv
     ]
     base = f"http://{host}:{port}"
     log_file = log_dir / "mlflow-server.log"
-    return _start("mlflow server", cmd, dict(os.environ), log_file, base, f"{base}/health", port)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return _start("mlflow server", cmd, env, log_file, base, f"{base}/health", port)
 
 
 def _public_host(host: str) -> str:

@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -348,6 +349,9 @@ def test_when_the_server_is_back_the_next_run_registers_exactly_once(outage, pre
     server = start_mlflow_server("127.0.0.1", outage.port, outage.base, outage.base)
     server.wait_ready()
     note(scenario, f"real `mlflow server` answered /health after {time.monotonic() - started:.1f} s")
+    # MLflow's job execution is off: no huey consumer processes competing with the pipeline for the CPU
+    spawned = [" ".join(p.cmdline()) for p in psutil.Process(server.process.pid).children(recursive=True)]
+    assert spawned and not [c for c in spawned if "huey_consumer" in c], spawned
     try:
         client = MlflowClient(uri)
         assert client.search_registered_models() == []  # the failed run registered nothing
