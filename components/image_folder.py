@@ -48,6 +48,8 @@ PROBLEM_FIXES = {
     "name is not valid UTF-8": "Rename it (UTF-8 names such as café are fine).",
 }
 SKIPPABLE = ("not a readable image", "empty (0-byte) file")
+# What Pillow raises for a file it cannot read as an image (a bomb: more pixels than it accepts)
+UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError)
 LISTED = 50  # problems named per report; the rest are counted
 
 
@@ -133,7 +135,7 @@ def decode_image(path: Path, height: int, width: int) -> tuple[np.ndarray, bool]
                 img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
             coloured = img.mode not in ("1", "L", "LA", "I", "F") and not img.mode.startswith("I;")
             rgb = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except UNREADABLE as exc:
         raise BadImage(DataProblem(path, "not a readable image", f" ({exc})")) from None
     array = np.asarray(rgb.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
     return array, coloured and has_colour(array)
@@ -205,7 +207,7 @@ def header_readable(path: Path) -> bool:
             return False
         with Image.open(path):
             return True
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError):
+    except UNREADABLE:
         return False
 
 

@@ -53,10 +53,10 @@ def run(
     from components.up_to_date import unchanged_release
 
     # What can be checked in seconds fails before Prefect starts: the params and weights files, the data.
+    root = project_dir.resolve()
     config = load_params(project_dir / params)
-    weights_file(config.model, config.data.image, project_dir.resolve())
-    quick_check(ProjectPaths(project_dir.resolve()).raw_dir(config.data), config.data.on_bad_image)
-    result = unchanged_release(config, project_dir.resolve(), push)
+    weights_file(config.model, config.data.image, root)
+    result = unchanged_release(config, root, push)
     if result is not None:
         console.print(
             f"Unchanged: dvc.lock records every step for this data, code and params, and MLflow version "
@@ -65,6 +65,8 @@ def run(
             highlight=False,
         )
     else:
+        # only when the flow runs: data an unchanged release was made from passed prepare's check
+        quick_check(ProjectPaths(root).raw_dir(config.data), config.data.on_bad_image)
         from flows.pipeline import pipeline
 
         result = pipeline(params_path=str(params), project_dir=str(project_dir), push=push)

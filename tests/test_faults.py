@@ -458,7 +458,6 @@ def killed(faults_base, prefect_home, trained):
     return SimpleNamespace(
         base=base,
         root=root,
-        env=env,
         uri=env["MLFLOW_TRACKING_URI"],
         code=code,
         pgid=process.pid,
