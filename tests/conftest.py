@@ -6,6 +6,7 @@ Prefect test server, real git + DVC repositories in temporary folders.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -114,10 +115,23 @@ def write_params(path: Path, overrides: dict | None = None) -> Path:
     return path
 
 
+# Ports for the servers tests start, below Linux's ephemeral range (32768+), so the kernel never hands one
+# to an outgoing connection; each pytest-xdist worker counts through its own block, so no two tests (nor two
+# workers) are given the same port between choosing it and the server binding it.
+_PORT_BLOCK = 1000
+_next_port = itertools.count(20000 + _PORT_BLOCK * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A 127.0.0.1 port nothing listens on, never returned twice in a session."""
+    for port in _next_port:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port")  # unreachable: the counter is endless
 
 
 def wait_for(predicate, what: str, log: Path, timeout: float = 300, every: float = 0.5):
@@ -223,3 +237,47 @@ def prefect_api() -> str:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield PREFECT_API_URL.value()
+
+
+# --- running on several cores (make test: pytest -n auto --dist loadgroup --no-loadscope-reorder) ---------
+
+# The heaviest groups first (seconds on this 2-core machine, from --durations), so the workers finish
+# together instead of one starting the MobileNetV2 test as the other runs out of work.
+HEAVIEST_FIRST = [
+    "trained-project",  # the session's trained project: test_faults.py and test_model_steps.py
+    "test_mobilenet_v2",
+    "test_serve_shutdown",
+    "test_serve_integration",
+    "test_pipeline_flow",
+    "test_recipe",
+    "test_transfer",
+    "test_bad_input",
+]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    """Each module runs on one worker (its module fixtures are made once); the modules that copy the
+    session's trained project share one worker, so it is trained once. The order is the same in every
+    worker's collection, as pytest-xdist requires."""
+    shares_trained = {item.module.__name__ for item in items if "trained" in item.fixturenames}
+
+    def group(item) -> str:
+        module = item.module.__name__
+        return "trained-project" if module in shares_trained else module
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    rank = {name: i for i, name in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: file order within a group
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """Under `--dist loadgroup` each test id a worker collects carries its group (`...@group`); without it
+    pytest-xdist spreads a module's tests over the workers and each trains its own copy, silently."""
+    ungrouped = [nodeid for nodeid in ids if "@" not in nodeid]
+    if node.config.getvalue("dist") == "loadgroup" and ungrouped:
+        raise pytest.UsageError(
+            f"pytest-xdist did not group {len(ungrouped)} test(s) (first: {ungrouped[0]}): pytest and "
+            "pytest-xdist disagree on where a test's id is kept; install requirements.lock's versions"
+        )
