@@ -12,7 +12,8 @@ are the flow's, not the training.
    problem; the local cache is intact; nothing is registered or tagged.
 3. A run is killed (SIGKILL to its whole process group) during the export step: no partial file, dvc.lock
    records only the steps that finished, and the next run resumes from them.
-4. Two runs start at once on one project: one waits for the other; one version, one tag, clean stores.
+4. Two runs start at once on one project (every step done, nothing released): one waits for the other
+   while it releases; one version, one tag, clean stores.
 
 With EDGEPIPE_FAULTS_REPORT=/some/file.md set, the messages and timings measured here are written there
 (merged across pytest sessions through a .json file beside it); nothing is written otherwise.
@@ -515,16 +516,17 @@ def test_the_next_run_resumes_from_the_steps_dvc_lock_recorded(killed, prefect_h
 
 
 def test_two_runs_started_at_once_serialise_and_release_once(faults_base, prefect_home, trained, prefect_api):
-    """On the session's project trained through qat: the first run exports, validates and releases while
-    the second waits; the second then finds every step recorded and the release registered."""
+    """On the session's project with every step done but nothing released: the first run pushes and
+    releases (git commit and tag, MLflow version) while the second waits for the project lock; the second
+    then finds every step recorded and the release registered."""
     base = faults_base / "concurrent"
-    root = trained.copy(trained.through_qat, base)
+    root = trained.copy(trained.unreleased, base)
     uri = f"sqlite:///{base / 'mlflow.db'}"
     env = cli_env(prefect_home, uri, prefect_api)
     started, started_at = time.monotonic(), datetime.now()
     launched = [start_cli(root, env, f"run-concurrent-{i}") for i in (1, 2)]
     results = [finish_cli(*job, started) for job in launched]
-    scenario = "4 two runs at once (trained through qat)"
+    scenario = "4 two runs at once (every step done, nothing released)"
     for i, result in enumerate(results, 1):
         note_run(scenario, f"run {i} (seconds from the common start)", result)
     assert [r.code for r in results] == [0, 0], [r.stderr[-3000:] for r in results]
