@@ -276,16 +276,21 @@ def test_a_deleted_output_is_rebuilt_and_recorded_instead_of_served_from_cache(f
 
 
 def test_dvc_repro_runs_a_stage_through_the_cli_and_reproduces_its_bytes(first_run):
-    """`dvc repro` (no Prefect) runs `edgepipe stage train` in a new process; seeded, deterministic
-    training gives the same float model, so dvc.lock does not change."""
+    """`dvc repro --force` (no Prefect) runs `edgepipe stage ...` in new processes; seeded, deterministic
+    training, conversion and plotting give the same float model, TFLite files, C array and report PNGs,
+    so dvc.lock (every output's md5) does not change."""
     root = first_run["root"]
+    paths = ProjectPaths(root)
     lock_before = (root / "dvc.lock").read_text()
-    model = ProjectPaths(root).float_model
-    before = sha256(model)
+    files = [paths.float_model, paths.mcu_dir / "model_data.cc", *sorted(paths.reports_dir.glob("*.png"))]
+    files += sorted(paths.export_dir.glob("*.tflite"))
+    assert len(files) == 2 + 3 + 4
+    before = {path: sha256(path) for path in files}
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    output = run([*DVC, "repro", "--force", "--single-item", "train"], root, env=env).stdout
-    assert "Running stage 'train'" in output
-    assert sha256(model) == before
+    stages = ("train", "export_tflite", "mcu", "report")
+    output = run([*DVC, "repro", "--force", "--single-item", *stages], root, env=env).stdout
+    assert all(f"Running stage '{stage}'" in output for stage in stages), output
+    assert {path: sha256(path) for path in files} == before
     assert (root / "dvc.lock").read_text() == lock_before
     assert versioning.pipeline_status(root) == {}
 
@@ -330,6 +335,8 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     client = MlflowClient(first_run["uri"])
     versions_before = client.search_model_versions("name = 'tiny-patterns'")
+    remote = Path(run([*DVC, "remote", "list"], root).stdout.split()[1])  # the copy shares the remote
+    remote_before = sorted(p.relative_to(remote) for p in remote.rglob("*"))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", first_run["uri"])
@@ -340,6 +347,8 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
     assert "tflite_int8 on tflm: tensor arena" in message and "> gates.max_arena_bytes 1000" in message
     versions_after = client.search_model_versions("name = 'tiny-patterns'")
     assert [v.version for v in versions_after] == [v.version for v in versions_before]
+    # validate and report re-ran (a gate is a param of theirs) and wrote new files: none reached the remote
+    assert sorted(p.relative_to(remote) for p in remote.rglob("*")) == remote_before
     runs = client.search_runs(
         [client.get_experiment_by_name("edgepipe-tests").experiment_id],
         order_by=["attributes.start_time DESC"],
