@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from components.results import ValidationReport  # noqa: E402
 from components.synthetic import DATASETS, write_colour_folder  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -78,12 +79,11 @@ def measure(
     if (metrics / "train.json").is_file():
         row["float_val"] = json.loads((metrics / "train.json").read_text())["val_accuracy"]
     if (metrics / "validation.json").is_file():
-        report = json.loads((metrics / "validation.json").read_text())
-        row["float_test"] = report["float_accuracy"]
-        release = [c for c in report["cells"] if c["format"] == "tflite_int8" and c["runtime"] == "litert"]
-        row["int8_test"] = release[0].get("accuracy") if release else None
-        row["flash"] = report["artifacts"]["tflite_int8"]["bytes"]
-        row["gates"] = "passed" if report["gates"]["passed"] else f"{len(report['gates']['failures'])} failed"
+        report = ValidationReport.load(metrics / "validation.json")
+        row["float_test"] = report.float_accuracy
+        row["int8_test"] = report.accuracy("tflite_int8", "litert")
+        row["flash"] = report.artifacts["tflite_int8"].bytes
+        row["gates"] = "passed" if report.passed else f"{len(report.gates.failures)} failed"
     if (metrics / "mcu.json").is_file():
         row["arena"] = json.loads((metrics / "mcu.json").read_text())["arena_bytes"]
     row["released"] = "Registered MLflow model" in done.stdout

@@ -4,8 +4,9 @@ A stage depends on its module and on every project module that module imports, a
 function, followed transitively, plus the package `__init__.py` that any import of it runs. dvc.yaml lists
 these files, so `dvc repro` re-runs a stage when any of them changes.
 
-An import inside a function whose line ends with NOT_A_STAGE_DEPENDENCY is skipped: the params schema
-checks gate keys against the format registry that way, and that check cannot change what a stage writes.
+An import whose line ends with NOT_A_STAGE_DEPENDENCY is skipped: the params schema checks gate keys
+against the format registry that way, and the typed results name the registry's Registration for type
+checking only; neither can change what a stage writes.
 """
 
 from __future__ import annotations

@@ -4,18 +4,25 @@ read gate results without loading a runtime."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from components.config import GatesConfig
 
+if TYPE_CHECKING:
+    from components.results import Artifact, Cell
 
-def gate_failures(gates: GatesConfig, float_accuracy: float, artifacts: dict, cells: list[dict]) -> list[str]:
+
+def gate_failures(
+    gates: GatesConfig, float_accuracy: float, artifacts: dict[str, Artifact], cells: list[Cell]
+) -> list[str]:
     """Every gate a required cell or an artifact misses, each naming the gate and the measured value."""
     failures = []
     for name, artifact in artifacts.items():
         limit = gates.bytes_for(name)
-        if limit is not None and artifact["bytes"] > limit:
-            failures.append(f"{name}: {artifact['bytes']} bytes > gates.max_bytes.{name} {limit}")
+        if limit is not None and artifact.bytes > limit:
+            failures.append(f"{name}: {artifact.bytes} bytes > gates.max_bytes.{name} {limit}")
     for cell in cells:
-        if cell["required"]:
+        if cell.required:
             failures += cell_failures(gates, float_accuracy, cell)
     return failures
 
@@ -25,32 +32,32 @@ def gate_failures(gates: GatesConfig, float_accuracy: float, artifacts: dict, ce
 EPSILON = 1e-9
 
 
-def cell_failures(gates: GatesConfig, float_accuracy: float, cell: dict) -> list[str]:
+def cell_failures(gates: GatesConfig, float_accuracy: float, cell: Cell) -> list[str]:
     """The gates one cell misses, whether or not it is required."""
-    where = f"{cell['format']} on {cell['runtime']}"
-    if not cell["loaded"]:
-        return [f"{where}: could not run ({cell['error']})"]
+    where = f"{cell.format} on {cell.runtime}"
+    if not cell.loaded:
+        return [f"{where}: could not run ({cell.error})"]
     failures = []
-    drop, max_drop = float_accuracy - cell["accuracy"], gates.accuracy_drop_for(cell["format"])
+    drop, max_drop = float_accuracy - cell.accuracy, gates.accuracy_drop_for(cell.format)
     if drop > max_drop + EPSILON:
         failures.append(f"{where}: accuracy drop {drop:.4f} > gates.max_accuracy_drop {max_drop}")
-    error, max_error = cell["logit_error"], gates.max_logit_error.get(cell["precision"])
+    error, max_error = cell.logit_error, gates.max_logit_error.get(cell.precision)
     if max_error is not None and error > max_error:
         failures.append(
             f"{where}: max logit difference {error:.4f} of the logit range > "
-            f"gates.max_logit_error.{cell['precision']} {max_error} (it computes a different function "
+            f"gates.max_logit_error.{cell.precision} {max_error} (it computes a different function "
             "from the model it was made from)"
         )
-    same_file = cell.get("runtime_agreement")
+    same_file = cell.runtime_agreement
     if same_file is not None and same_file < gates.min_runtime_agreement - EPSILON:
         failures.append(
-            f"{where}: top-1 agreement {same_file:.4f} with {cell['reference_runtime']} on the same "
+            f"{where}: top-1 agreement {same_file:.4f} with {cell.reference_runtime} on the same "
             f"file < gates.min_runtime_agreement {gates.min_runtime_agreement}"
         )
-    bar = gates.agreement_for(cell["runtime"])
-    if cell["agreement"] < bar - EPSILON:
-        failures.append(f"{where}: agreement {cell['agreement']:.4f} < gates.min_agreement {bar}")
-    arena = cell.get("arena_bytes")
+    bar = gates.agreement_for(cell.runtime)
+    if cell.agreement < bar - EPSILON:
+        failures.append(f"{where}: agreement {cell.agreement:.4f} < gates.min_agreement {bar}")
+    arena = cell.arena_bytes
     if gates.max_arena_bytes is not None and arena is not None and arena > gates.max_arena_bytes:
         failures.append(
             f"{where}: tensor arena {arena} bytes > gates.max_arena_bytes {gates.max_arena_bytes}"
@@ -81,8 +88,8 @@ def grouped_failures(failures: list[str]) -> str:
     return "\n".join(lines)
 
 
-def cell_status(cell: dict, gates: GatesConfig, float_accuracy: float) -> str:
+def cell_status(cell: Cell, gates: GatesConfig, float_accuracy: float) -> str:
     """pass, fail (a required cell that misses a gate) or known failure (a cell reported only, which does)."""
     if not cell_failures(gates, float_accuracy, cell):
         return "pass"
-    return "fail" if cell["required"] else "known failure"
+    return "fail" if cell.required else "known failure"

@@ -29,6 +29,7 @@ from components.errors import EdgepipeError
 from components.formats import RELEASE_FORMAT, get_format
 from components.paths import ProjectPaths
 from components.registry import Registration, check_reachable, existing_version, tracking_uri
+from components.results import ValidationReport
 from components.tracking import DESCRIPTION_TAG, fit_tag, flatten
 
 log = logging.getLogger(__name__)
@@ -48,16 +49,15 @@ logging.getLogger("mlflow.pyfunc").addFilter(_KnownPickleWarning())
 PYFUNC_REQUIREMENTS = [f"{name}=={package_version(name)}" for name in ("mlflow", "numpy", "ai-edge-litert")]
 
 
-def validation_metrics(report: dict) -> dict[str, float]:
+def validation_metrics(report: ValidationReport) -> dict[str, float]:
     """The validation matrix and artifact sizes as MLflow metrics: `<format>.<runtime>.<measure>`."""
     metrics = {}
-    for name, artifact in report["artifacts"].items():
+    for name, artifact in report.artifacts.items():
         for measure in ("bytes", "gzip_bytes", "bytes_per_parameter"):
-            metrics[f"{name}.{measure}"] = artifact[measure]
-    for cell in report["cells"]:
-        key = f"{cell['format']}.{cell['runtime'].replace(':', '_')}"
-        metrics[f"{key}.loaded"] = float(cell["loaded"])
-        metrics[f"{key}.passed"] = float(cell["status"] == "pass")
+            metrics[f"{name}.{measure}"] = getattr(artifact, measure)
+    for cell in report.cells:
+        metrics[f"{cell.key}.loaded"] = float(cell.loaded)
+        metrics[f"{cell.key}.passed"] = float(cell.status == "pass")
         for measure in (
             "accuracy",
             "agreement",
@@ -66,9 +66,9 @@ def validation_metrics(report: dict) -> dict[str, float]:
             "runtime_agreement",
             "arena_bytes",
         ):
-            if measure in cell:
-                metrics[f"{key}.{measure}"] = cell[measure]
-    for model, classes in report.get("per_class", {}).items():
+            if (value := getattr(cell, measure)) is not None:
+                metrics[f"{cell.key}.{measure}"] = value
+    for model, classes in report.per_class.items():
         for name, scores in classes.items():
             safe = re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)  # MLflow's allowed metric-name characters
             for measure in ("precision", "recall", "f1"):
@@ -76,20 +76,20 @@ def validation_metrics(report: dict) -> dict[str, float]:
     return metrics
 
 
-def log_run_details(description: str, prepared_dir: Path, report: dict) -> None:
+def log_run_details(description: str, prepared_dir: Path, report: ValidationReport) -> None:
     """The results as the run's description (the page's first lines), the confusion matrices as a file."""
 
     mlflow.set_tag(DESCRIPTION_TAG, fit_tag(description))
-    if "confusion" in report:
+    if report.confusion:
         classes = read_dataset_info(prepared_dir).classes  # rows and columns, in label order
-        mlflow.log_dict({"classes": classes, **report["confusion"]}, "confusion_matrices.json")
+        mlflow.log_dict({"classes": classes, **report.confusion}, "confusion_matrices.json")
 
 
 @dataclass(frozen=True)
 class RunRecord:
     """What registration logs to the pipeline's MLflow run, besides the model files."""
 
-    report: dict  # the validation report: matrix, sizes, gates
+    report: ValidationReport  # matrix, sizes, gates
     metrics: dict[str, float]  # more metrics: sparsity, float val accuracy, MCU sizes
     files: tuple[Path, ...]  # logged as run artifacts, a folder as a folder
     run_tags: dict[str, str]
@@ -116,13 +116,13 @@ def register(params: Params, paths: ProjectPaths, record: RunRecord) -> Registra
         mlflow.set_tags(record.run_tags)
         if run_id is None:  # a run opened by components.tracking has its params already
             mlflow.log_params(flatten("", params.model_dump(mode="json")))
-        mlflow.log_metrics({"float_accuracy": report["float_accuracy"], **record.metrics})
+        mlflow.log_metrics({"float_accuracy": report.float_accuracy, **record.metrics})
         mlflow.log_metrics(validation_metrics(report))
-        mlflow.log_metric("gates_passed", float(report["gates"]["passed"]))
+        mlflow.log_metric("gates_passed", float(report.passed))
         if record.description is not None:
             log_run_details(record.description, paths.prepared_dir, report)
-        if report["gates"]["failures"]:  # visible in the run list; the whole list is in validation.json
-            mlflow.set_tag("gate_failures", "; ".join(report["gates"]["failures"])[:4900])
+        if report.gates.failures:  # visible in the run list; the whole list is in validation.json
+            mlflow.set_tag("gate_failures", "; ".join(report.gates.failures)[:4900])
         for path in record.files:
             if path.is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=path.name)
@@ -160,7 +160,7 @@ def register(params: Params, paths: ProjectPaths, record: RunRecord) -> Registra
 
         version = None
         new_version = False
-        if report["gates"]["passed"] and params.mlflow.register_model:
+        if report.passed and params.mlflow.register_model:
             version = existing_version(uri, params.model.name, record.version_tags["sha256"])
             if version:
                 log.info(
@@ -182,7 +182,7 @@ def register(params: Params, paths: ProjectPaths, record: RunRecord) -> Registra
                 log.info("registered %s version %s", params.model.name, version)
             mlflow.set_tag("registered_version", version)
         else:
-            log.warning("not registered: %s", "gates failed" if not report["gates"]["passed"] else "disabled")
+            log.warning("not registered: %s", "gates failed" if not report.passed else "disabled")
         return Registration(
             run_id=run.info.run_id,
             experiment_id=run.info.experiment_id,

@@ -36,6 +36,7 @@ from components.registry import (
     promote_champion,
     tracking_uri,
 )
+from components.results import ValidationReport
 from components.stages import STAGES
 from components.tracking import identity_tags, input_tags
 
@@ -56,7 +57,8 @@ def release(
     params: Params,
     params_file: Path,
     paths: ProjectPaths,
-    results: dict[str, dict],
+    report: ValidationReport,
+    stage_results: dict[str, dict],
     *,
     prefect_run_id: str,
     run_name: str | None,
@@ -64,14 +66,13 @@ def release(
 ) -> Registration:
     """Log the run's results to MLflow (`run_id`: the pipeline's run; None: a new run named `run_name`) and,
     when the gates passed, release: git commit + tag `<model>@v<N>`, MLflow version N tagged with it, the
-    champion alias. `results`: what each step returned (validate's is the report)."""
+    champion alias. `stage_results`: the metrics each step wrote (metrics/<step>.json)."""
     uri = tracking_uri(paths.root)
     check_reachable(uri)  # before touching git: a dead server changes nothing
-    report = results["validate"]
     version_tags = release_tags(paths, report)
     git_release = None
     if (
-        report["gates"]["passed"]
+        report.passed
         and params.mlflow.register_model
         and params.release.git_tag
         and existing_version(uri, params.model.name, version_tags["sha256"]) is None
@@ -84,7 +85,7 @@ def release(
     run_tags = {**input_tags(data), **identity_tags(params, paths.root, prefect_run_id)}
     record = RunRecord(
         report=report,
-        metrics=run_metrics(results),
+        metrics=run_metrics(stage_results),
         files=run_files(paths),
         run_tags=run_tags,
         version_tags={**run_tags, **version_tags},
@@ -105,15 +106,13 @@ def release(
     return replace(registration, git_tag=released.tags.get("git_tag"), champion=champion)
 
 
-def release_accuracy(report: dict) -> float | None:
-    """Top-1 test accuracy of the release file in LiteRT: what the champion alias compares."""
-    for cell in report["cells"]:
-        if cell["format"] == RELEASE_FORMAT and cell["runtime"] == "litert" and cell.get("loaded"):
-            return cell["accuracy"]
-    return None  # it did not load: the gates have failed
+def release_accuracy(report: ValidationReport) -> float | None:
+    """Top-1 test accuracy of the release file in LiteRT: what the champion alias compares (None: it did
+    not load, so the gates have failed)."""
+    return report.accuracy(RELEASE_FORMAT, "litert")
 
 
-def release_tags(paths: ProjectPaths, report: dict) -> dict[str, str]:
+def release_tags(paths: ProjectPaths, report: ValidationReport) -> dict[str, str]:
     """The release file's identity in DVC and its score, as model version tags."""
     release_file = get_format(RELEASE_FORMAT).path(paths.export_dir)
     tags = {"sha256": file_digest(release_file), "dvc_md5": versioning.locked_md5(paths.root, release_file)}
@@ -132,12 +131,12 @@ def tag_release(
     return commit_and_tag(paths.root, files, tag, f"Release {tag}: {filename} sha256 {sha256}")
 
 
-def run_metrics(results: dict[str, dict]) -> dict[str, float]:
+def run_metrics(stage_results: dict[str, dict]) -> dict[str, float]:
     """The steps' figures the MLflow run shows beside the validation matrix."""
-    mcu = results["mcu"]
+    mcu = stage_results["mcu"]
     return {
-        "sparsity": results["qat"]["sparsity"],
-        "float_val_accuracy": results["train"]["val_accuracy"],
+        "sparsity": stage_results["qat"]["sparsity"],
+        "float_val_accuracy": stage_results["train"]["val_accuracy"],
         "mcu.arena_bytes": mcu["arena_bytes"],
         "mcu.flash_bytes": mcu["flash_bytes"],
         "mcu.openmv_input_error_steps": mcu["openmv_input_error_steps"],

@@ -15,6 +15,7 @@ from components.atomic import atomic_path, read_json, write_json
 from components.config import Params
 from components.formats import FORMATS, RELEASE_FORMAT
 from components.paths import ProjectPaths
+from components.results import ValidationReport
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +33,22 @@ REGISTRY_ORDER = {fmt.name: i for i, fmt in enumerate(FORMATS)}
 ARTIFACT_COLUMNS = ("format", "file", "precision", "made from", "bytes", "gzip bytes", "bytes/param")
 
 
-def matrix_rows(report: dict) -> list[dict]:
+def matrix_rows(report: ValidationReport) -> list[dict]:
     rows = []
-    for cell in report["cells"]:
-        loaded = cell["loaded"]
-        status = cell["status"]
+    for cell in report.cells:
+        loaded = cell.loaded
+        status = cell.status
         if not loaded:
-            status += f": {short_error(cell['error'])}"
+            status += f": {short_error(cell.error)}"
         rows.append(
             {
-                "format": cell["format"],
-                "runtime": cell["runtime"] + (f" ({cell['layout']})" if cell["layout"] != "NHWC" else ""),
-                "required": "yes" if cell["required"] else "no",
-                "top-1 accuracy": f"{cell['accuracy']:.4f}" if loaded else "-",
-                "agreement vs source": f"{cell['agreement']:.4f}" if loaded else "-",
-                "max Δ logit": f"{cell['max_abs_diff']:.2g}" if loaded else "-",
-                "arena bytes": str(cell.get("arena_bytes", "")),
+                "format": cell.format,
+                "runtime": cell.runtime + (f" ({cell.layout})" if cell.layout != "NHWC" else ""),
+                "required": "yes" if cell.required else "no",
+                "top-1 accuracy": f"{cell.accuracy:.4f}" if loaded else "-",
+                "agreement vs source": f"{cell.agreement:.4f}" if loaded else "-",
+                "max Δ logit": f"{cell.max_abs_diff:.2g}" if loaded else "-",
+                "arena bytes": "" if cell.arena_bytes is None else str(cell.arena_bytes),
                 "status": status,
             }
         )
@@ -62,28 +63,28 @@ def short_error(error: str, limit: int = 120) -> str:
     return gist if len(gist) <= limit else gist[: limit - 1] + "…"
 
 
-def failure_lines(report: dict) -> list[str]:
+def failure_lines(report: ValidationReport) -> list[str]:
     """Every cell a runtime could not run, with the runtime's own words and the registry's note."""
     lines = []
-    for cell in report["cells"]:
-        if not cell["loaded"]:
-            note = f" Known: {cell['note']}." if cell.get("note") else ""
-            lines.append(f"- `{cell['format']}` on `{cell['runtime']}`: {cell['error']}{note}")
+    for cell in report.cells:
+        if not cell.loaded:
+            note = f" Known: {cell.note}." if cell.note else ""
+            lines.append(f"- `{cell.format}` on `{cell.runtime}`: {cell.error}{note}")
     return lines
 
 
-def artifact_rows(report: dict) -> list[dict]:
+def artifact_rows(report: ValidationReport) -> list[dict]:
     return [
         {
             "format": name,
-            "file": a["file"],
-            "precision": a["precision"],
-            "made from": a["source"],
-            "bytes": a["bytes"],
-            "gzip bytes": a["gzip_bytes"],
-            "bytes/param": f"{a['bytes_per_parameter']:.2f}",
+            "file": a.file,
+            "precision": a.precision,
+            "made from": a.source,
+            "bytes": a.bytes,
+            "gzip bytes": a.gzip_bytes,
+            "bytes/param": f"{a.bytes_per_parameter:.2f}",
         }
-        for name, a in sorted(report["artifacts"].items(), key=lambda item: REGISTRY_ORDER[item[0]])
+        for name, a in sorted(report.artifacts.items(), key=lambda item: REGISTRY_ORDER[item[0]])
     ]
 
 
@@ -92,11 +93,11 @@ def _table(columns: tuple[str, ...], rows: list[dict]) -> list[str]:
     return lines + ["| " + " | ".join(str(row[c]).replace("|", "/") for c in columns) + " |" for row in rows]
 
 
-def to_markdown(report: dict, sparsity: float | None = None) -> str:
+def to_markdown(report: ValidationReport, sparsity: float | None = None) -> str:
     """The validation matrix, the artifact sizes and the gate verdict."""
     lines = [
-        f"Float Keras model: top-1 accuracy {report['float_accuracy']:.4f} on {report['test_images']} "
-        f"test images, {report['parameters']} parameters"
+        f"Float Keras model: top-1 accuracy {report.float_accuracy:.4f} on {report.test_images} "
+        f"test images, {report.parameters} parameters"
         + (f"; weight sparsity after pruning + QAT {sparsity:.2%}" if sparsity is not None else ""),
         "",
         "Validation matrix (every artifact in every runtime its format names; `edgepipe formats`):",
@@ -107,9 +108,9 @@ def to_markdown(report: dict, sparsity: float | None = None) -> str:
         "",
         *_table(ARTIFACT_COLUMNS, artifact_rows(report)),
         "",
-        "Release gates: " + ("passed" if report["gates"]["passed"] else "FAILED"),
+        "Release gates: " + ("passed" if report.passed else "FAILED"),
     ]
-    lines += [f"- {failure}" for failure in report["gates"]["failures"]]
+    lines += [f"- {failure}" for failure in report.gates.failures]
     failures = failure_lines(report)
     if failures:
         lines += ["", "Runtime errors, in full:", "", *failures]
@@ -117,7 +118,7 @@ def to_markdown(report: dict, sparsity: float | None = None) -> str:
 
 
 def write_report(
-    report: dict, stage_metrics: dict, history_csv: Path, predictions_csv: Path, reports_dir: Path
+    report: ValidationReport, stage_metrics: dict, history_csv: Path, predictions_csv: Path, reports_dir: Path
 ) -> dict:
     """Write reports/ (report.md and its plots) in one atomic swap; returns what it wrote."""
     import matplotlib
@@ -143,7 +144,7 @@ def write_report(
     return {"files": sorted(["report.md", *plots])}
 
 
-def report_markdown(report: dict, stage_metrics: dict, plots: dict) -> str:
+def report_markdown(report: ValidationReport, stage_metrics: dict, plots: dict) -> str:
     mcu, train = stage_metrics["mcu"], stage_metrics["train"]
     lines = [
         "# edgepipe report",
@@ -169,15 +170,15 @@ def report_markdown(report: dict, stage_metrics: dict, plots: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy_vs_size(ax, report: dict) -> None:
+def plot_accuracy_vs_size(ax, report: ValidationReport) -> None:
     """One point per artifact: its size and its accuracy in the first required runtime."""
-    for name, artifact in report["artifacts"].items():
-        cell = next(c for c in report["cells"] if c["format"] == name and c["required"])
-        if not cell["loaded"]:
+    for name, artifact in report.artifacts.items():
+        cell = next(c for c in report.cells if c.format == name and c.required)
+        if not cell.loaded:
             continue
-        ax.scatter(artifact["bytes"] / 1024, cell["accuracy"])
-        ax.annotate(name, (artifact["bytes"] / 1024, cell["accuracy"]), fontsize=8)
-    ax.axhline(report["float_accuracy"], linestyle="--", linewidth=1, label="float Keras model")
+        ax.scatter(artifact.bytes / 1024, cell.accuracy)
+        ax.annotate(name, (artifact.bytes / 1024, cell.accuracy), fontsize=8)
+    ax.axhline(report.float_accuracy, linestyle="--", linewidth=1, label="float Keras model")
     ax.set(xlabel="file size (KiB)", ylabel="top-1 accuracy (test split)", title="Accuracy vs size")
     ax.legend(loc="lower right")
 
@@ -220,7 +221,7 @@ def write_markdown(path: Path, text: str) -> None:
 def run_stage(params: Params, paths: ProjectPaths) -> dict:
     """The `report` stage: report.md and its plots from the validation report and the stage metrics."""
     summary = write_report(
-        read_json(paths.validation_file),
+        ValidationReport.load(paths.validation_file),
         {name: read_json(paths.metrics_file(name)) for name in ("train", "prune", "qat", "mcu")},
         paths.train_history,
         paths.release_predictions,

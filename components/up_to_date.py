@@ -20,12 +20,13 @@ from components.hashing import file_digest
 from components.locking import Timeout, project_lock
 from components.paths import ProjectPaths
 from components.registry import Registration, alias_holder, check_reachable, tracking_uri, version_holding
+from components.results import RunResult, ValidationReport
 from components.stages import STAGES
 
 log = logging.getLogger(__name__)
 
 
-def unchanged_release(params: Params, root: Path, push: bool) -> dict | None:
+def unchanged_release(params: Params, root: Path, push: bool) -> RunResult | None:
     """The results of the last run (report, registration, DVC push) when nothing has changed since it was
     released; None when the pipeline has to run."""
     paths = ProjectPaths(root)
@@ -42,13 +43,13 @@ def unchanged_release(params: Params, root: Path, push: bool) -> dict | None:
         lock.release()
 
 
-def _unchanged_release(params: Params, root: Path, paths: ProjectPaths, push: bool) -> dict | None:
+def _unchanged_release(params: Params, root: Path, paths: ProjectPaths, push: bool) -> RunResult | None:
     if not paths.validation_file.is_file() or versioning.pipeline_status(root):
         return None
     if not all(stage.named_inputs_unchanged(params, paths) for stage in STAGES):
         return None
-    report = read_json(paths.validation_file)
-    if not report["gates"]["passed"]:
+    report = ValidationReport.load(paths.validation_file)
+    if not report.passed:
         return None  # the flow reports the failure again, in full
     uri = tracking_uri(root)
     try:
@@ -72,10 +73,10 @@ def _unchanged_release(params: Params, root: Path, paths: ProjectPaths, push: bo
         git_tag=version.tags.get("git_tag"),
         champion=f"{alias} is version {holder}" if holder else f"no version holds {alias}",
     )
-    return {
-        "report": report,
-        "registration": registration,
-        "pushed": versioning.push(root) if push else None,
-        "report_file": str(paths.report_file),
-        "data": read_json(paths.metrics_file("prepare")),
-    }
+    return RunResult(
+        report=report,
+        registration=registration,
+        pushed=versioning.push(root) if push else None,
+        report_file=str(paths.report_file),
+        data=read_json(paths.metrics_file("prepare")),
+    )

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from components.atomic import atomic_path, write_json
+from components.atomic import atomic_path
 from components.config import GatesConfig, Params
 from components.dataset import load_split, read_dataset_info
 from components.formats import FORMATS, RELEASE_FORMAT, ExportFormat, RuntimeTarget
@@ -29,6 +29,7 @@ from components.hashing import file_digest
 from components.model import load_model
 from components.paths import ProjectPaths
 from components.qat import load_qat_model
+from components.results import Artifact, Cell, GateVerdict, ValidationReport
 from components.runtimes import open_runner, tflm_arena_bytes
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def validate(
     report_out: Path,
     predictions_out: Path,
     map_fn: Callable = map,
-) -> dict:
+) -> ValidationReport:
     """`map_fn(fn, formats)` runs the per-format work: the built-in `map` in order, or a Prefect task
     runner's fan-out (flows.pipeline); the results are the same either way, in registry order."""
     x_test, y_test = load_split(prepared_dir, "test")
@@ -74,25 +75,25 @@ def validate(
             release_pred = pred
     failures = gate_failures(gates, float_accuracy, artifacts, cells)
     for cell in cells:
-        cell["status"] = cell_status(cell, gates, float_accuracy)
+        cell.status = cell_status(cell, gates, float_accuracy)
     classes = read_dataset_info(prepared_dir).classes
     per_model = {"float": float_pred} | ({"release": release_pred} if release_pred is not None else {})
-    report = {
-        "float_accuracy": float_accuracy,
-        "test_images": len(y_test),
-        "parameters": parameters,
-        "artifacts": artifacts,
-        "cells": cells,
-        "gates": {"passed": not failures, "failures": failures, **gates.model_dump()},
+    report = ValidationReport(
+        float_accuracy=float_accuracy,
+        test_images=len(y_test),
+        parameters=parameters,
+        artifacts=artifacts,
+        cells=cells,
+        gates=GateVerdict(passed=not failures, failures=failures, **gates.model_dump()),
         # the float Keras model and the release file in LiteRT, class by class
-        "per_class": {name: per_class_scores(y_test, pred, classes) for name, pred in per_model.items()},
-        "confusion": {
+        per_class={name: per_class_scores(y_test, pred, classes) for name, pred in per_model.items()},
+        confusion={
             name: confusion_matrix(y_test, pred, labels=range(len(classes))).tolist()
             for name, pred in per_model.items()
         },
-    }
+    )
     write_predictions(predictions_out, y_test, release_pred, classes)
-    write_json(report_out, report)
+    report.save(report_out)
     for failure in failures:
         log.warning("gate failed: %s", failure)
     return report
@@ -105,38 +106,37 @@ def validate_format(
     y_test: np.ndarray,
     float_pred: np.ndarray,
     source_logits: dict[str, np.ndarray],
-) -> tuple[list[dict], np.ndarray | None]:
+) -> tuple[list[Cell], np.ndarray | None]:
     """Every runtime target of one format; returns its cells and the LiteRT predictions (for the release
     format's prediction file)."""
     cells, reference, litert_pred = [], None, None
     for target in fmt.runtimes:  # the first runtime that ran the file is the one the others must match
         cell, pred = run_cell(fmt, target, export_dir, x_test, y_test, float_pred, source_logits)
-        cell["precision"] = fmt.precision
         if pred is not None and reference is None:
             reference = (target.name, pred)
         elif pred is not None:
-            cell["reference_runtime"] = reference[0]
-            cell["runtime_agreement"] = float(np.mean(pred == reference[1]))
+            cell.reference_runtime = reference[0]
+            cell.runtime_agreement = float(np.mean(pred == reference[1]))
         if target.runtime == "litert" and pred is not None:
             litert_pred = pred
         cells.append(cell)
     return cells, litert_pred
 
 
-def describe_artifact(fmt: ExportFormat, export_dir: Path, parameters: int) -> dict:
+def describe_artifact(fmt: ExportFormat, export_dir: Path, parameters: int) -> Artifact:
     path = fmt.path(export_dir)
     data = path.read_bytes()
-    return {
-        "file": path.name,
-        "container": fmt.container,
-        "precision": fmt.precision,
-        "source": fmt.source,
-        "bytes": len(data),
+    return Artifact(
+        file=path.name,
+        container=fmt.container,
+        precision=fmt.precision,
+        source=fmt.source,
+        bytes=len(data),
         # What a download or an app package costs: pruned zeros compress, dense weights do not.
-        "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0)),
-        "bytes_per_parameter": round(len(data) / parameters, 4),
-        "sha256": file_digest(path),
-    }
+        gzip_bytes=len(gzip.compress(data, compresslevel=9, mtime=0)),
+        bytes_per_parameter=round(len(data) / parameters, 4),
+        sha256=file_digest(path),
+    )
 
 
 def run_cell(
@@ -147,37 +147,35 @@ def run_cell(
     y_test: np.ndarray,
     float_pred: np.ndarray,
     source_logits: dict[str, np.ndarray],
-) -> tuple[dict, np.ndarray | None]:
+) -> tuple[Cell, np.ndarray | None]:
     path = fmt.path(export_dir)
-    cell = {
-        "format": fmt.name,
-        "runtime": target.name,
-        "layout": target.layout,
-        "required": target.required,
-        "file": path.name,
-    }
-    if target.note:
-        cell["note"] = target.note
+    cell = Cell(
+        format=fmt.name,
+        runtime=target.name,
+        layout=target.layout,
+        required=target.required,
+        file=path.name,
+        precision=fmt.precision,
+        note=target.note or None,
+    )
     try:
         logits = open_runner(target, path)(x_test)
         if target.runtime == "tflm":
-            cell["arena_bytes"] = tflm_arena_bytes(path)
+            cell.arena_bytes = tflm_arena_bytes(path)
     except Exception as exc:  # the runtime's own words are the result; never a crash, never a skip
-        cell.update(loaded=False, error=" ".join(f"{type(exc).__name__}: {exc}".split())[:600])
+        cell.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:600]
         return cell, None
     pred = logits.argmax(axis=1)
     reference = source_logits[fmt.source]
     max_abs_diff = float(np.abs(logits - reference).max())
-    cell.update(
-        loaded=True,
-        accuracy=float(np.mean(pred == y_test)),
-        # top-1 agreement with the Keras model the file was made from: does this runtime compute what that
-        # model computes? What pruning and quantization cost is the accuracy drop vs the float model.
-        agreement=float(np.mean(pred == reference.argmax(axis=1))),
-        float_agreement=float(np.mean(pred == float_pred)),
-        max_abs_diff=max_abs_diff,
-        logit_error=max_abs_diff / max(float(np.ptp(reference)), 1e-12),
-    )
+    cell.loaded = True
+    cell.accuracy = float(np.mean(pred == y_test))
+    # top-1 agreement with the Keras model the file was made from: does this runtime compute what that
+    # model computes? What pruning and quantization cost is the accuracy drop vs the float model.
+    cell.agreement = float(np.mean(pred == reference.argmax(axis=1)))
+    cell.float_agreement = float(np.mean(pred == float_pred))
+    cell.max_abs_diff = max_abs_diff
+    cell.logit_error = max_abs_diff / max(float(np.ptp(reference)), 1e-12)
     return cell, pred
 
 
@@ -199,7 +197,7 @@ def write_predictions(path: Path, y_true: np.ndarray, y_pred: np.ndarray | None,
             writer.writerows((classes[a], classes[p]) for a, p in zip(y_true, y_pred, strict=True))
 
 
-def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> dict:
+def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> ValidationReport:
     """The `validate` stage: every artifact in every runtime that must run it, against the gates."""
     return validate(
         params.gates,

@@ -2,7 +2,8 @@
 
 A page holds a placeholder such as `<!-- generated: formats -->`; `on_page_markdown` replaces it with
 Markdown made from the code: the format registry (`components/formats.py`), the params schema
-(`components/config.py`), the `edgepipe` CLI (`flows/cli.py`, through Typer) and the stage table
+(`components/config.py`), the validation report (`components/results.py`), the `edgepipe` CLI
+(`flows/cli.py`, through Typer) and the stage table
 (`dvc.yaml`, which a test keeps equal to `components/stages.py`). Only light modules are imported here:
 never TensorFlow, Prefect or `components.stages`.
 """
@@ -116,6 +117,8 @@ def _type_name(annotation: object) -> str:
         base, *metadata = args
         limits = _constraints([m for info in metadata for m in getattr(info, "metadata", [info])])
         return _type_name(base) + (f" ({', '.join(limits)})" if limits else "")
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
     if origin is dict:
         key, value = args
         keys = "name" if key is str else _type_name(key)
@@ -330,8 +333,30 @@ def stages_markdown() -> str:
     return _table(header, rows)
 
 
+# --- the validation report ---------------------------------------------------------------------------------
+
+
+def results_markdown() -> str:
+    from components.results import Artifact, Cell, GateVerdict, ValidationReport
+
+    out = []
+    for model in (ValidationReport, Artifact, Cell, GateVerdict):
+        out.append(f"## `{model.__name__}`\n")
+        doc = model.__dict__.get("__doc__")
+        if doc:
+            out.append(_help_text(doc) + "\n")
+        comments = _field_comments(model)
+        rows = [
+            (f"`{name}`", _type_name(field.annotation), comments.get(name, ""))
+            for name, field in model.model_fields.items()
+        ]
+        out.append(_table(("field", "type (null: left out of the file)", "meaning"), rows))
+    return "\n".join(out)
+
+
 GENERATORS = {
     "formats": formats_markdown,
+    "results": results_markdown,
     "params": params_markdown,
     "cli": cli_markdown,
     "stages": stages_markdown,

@@ -60,7 +60,7 @@ def run(
     if result is not None:
         console.print(
             f"Unchanged: dvc.lock records every step for this data, code and params, and MLflow version "
-            f"{result['registration'].version} holds the release file; nothing ran.",
+            f"{result.registration.version} holds the release file; nothing ran.",
             markup=False,
             highlight=False,
         )

@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from components.results import RunResult
 
 # Logs and CI have no terminal width; keep the results table readable there.
 console = Console(emoji=False) if sys.stdout.isatty() else Console(width=150, emoji=False)
 err_console = Console(stderr=True)
 
 
-def print_results(result: dict) -> None:
+def print_results(result: RunResult) -> None:
     from components.prepare import describe_data
     from components.registry import redacted
     from components.report import ARTIFACT_COLUMNS, MATRIX_COLUMNS, artifact_rows, matrix_rows
 
-    report = result["report"]
-    console.print(describe_data(result["data"]), markup=False, highlight=False)
+    report = result.report
+    console.print(describe_data(result.data), markup=False, highlight=False)
     console.print(
         rich_table(
-            f"Validation matrix (float Keras top-1 accuracy {report['float_accuracy']:.4f}, "
-            f"{report['test_images']} test images)",
+            f"Validation matrix (float Keras top-1 accuracy {report.float_accuracy:.4f}, "
+            f"{report.test_images} test images)",
             MATRIX_COLUMNS,
             matrix_rows(report),
         )
     )
     console.print(rich_table("Artifacts", ARTIFACT_COLUMNS, artifact_rows(report)))
-    registration = result["registration"]
-    console.print(f"Release gates: {'passed' if report['gates']['passed'] else 'FAILED'}")
-    console.print(f"Report: {result['report_file']} (plots beside it)")
+    registration = result.registration
+    console.print(f"Release gates: {'passed' if report.passed else 'FAILED'}")
+    console.print(f"Report: {result.report_file} (plots beside it)")
     model = f"MLflow model {registration.model_name} version {registration.version}"
     if registration.new_version:
         console.print(
@@ -42,10 +46,10 @@ def print_results(result: dict) -> None:
         console.print("Not registered in MLflow (mlflow.register_model is false in params.yaml)")
     if registration.champion:
         console.print(f"Alias {registration.champion}")
-    if result["pushed"] is None:
+    if result.pushed is None:
         console.print("DVC: not pushed (--no-push); `dvc push` sends the outputs to the remote")
-    elif result["pushed"]:
-        console.print(f"DVC: pushed {result['pushed']} file(s) to the default remote")
+    elif result.pushed:
+        console.print(f"DVC: pushed {result.pushed} file(s) to the default remote")
     else:
         console.print("DVC: the default remote already holds every output")
     console.print("Look further:")

@@ -28,6 +28,7 @@ from components.prepare import describe_data, ensure_raw_data
 from components.pretrained import weights_file
 from components.registry import Registration, tracking_uri
 from components.release import release
+from components.results import RunResult, ValidationReport
 from components.stages import STAGES, get_stage
 from components.tracking import PipelineRun, identity_tags
 from flows.orchestration import task_runner_map
@@ -87,7 +88,12 @@ def run_stage(stage_name: str, params: Params, root: Path, current: bool) -> dic
 
 @task(name="register")
 def register_task(
-    params: Params, params_file: Path, root: Path, results: dict, run_id: str | None
+    params: Params,
+    params_file: Path,
+    root: Path,
+    report: ValidationReport,
+    stage_results: dict,
+    run_id: str | None,
 ) -> Registration:
     """The MLflow run, and for a gate-passing run the release (components.release): git tag, MLflow version,
     champion alias. A failure after tagging removes the tag, so Prefect's retries register exactly once."""
@@ -95,7 +101,8 @@ def register_task(
         params,
         params_file,
         ProjectPaths(root),
-        results,
+        report,
+        stage_results,
         prefect_run_id=str(flow_run.id),
         run_name=flow_run.name,
         run_id=run_id,
@@ -108,7 +115,7 @@ def push_task(root: Path) -> int:
 
 
 @flow(name="edgepipe")
-def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: bool = True) -> dict:
+def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: bool = True) -> RunResult:
     """Run every step on the configured data; returns the validation report and where things went.
 
     One run per project at a time (a file lock): concurrent triggers wait instead of interleaving writes
@@ -129,7 +136,7 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
 
 def _run_pipeline(
     params: Params, params_file: Path, root: Path, paths: ProjectPaths, push: bool, logger
-) -> dict:
+) -> RunResult:
     weights_file(params.model, params.data.image, root)  # missing weights: stop before anything changes
     tags = identity_tags(params, root, str(flow_run.id))
     tracking = PipelineRun(tracking_uri(root), params.mlflow.experiment, flow_run.name, tags, params)
@@ -151,7 +158,7 @@ def _run_steps(
     push: bool,
     logger,
     tracking: PipelineRun,
-) -> dict:
+) -> RunResult:
     ingest(params, root)
     results = {}
     for stage in STAGES:
@@ -172,7 +179,7 @@ def _run_steps(
         if stage.name == "prepare":
             tracking.log_prepared_data(paths, paths.raw_dir(params.data))
     data = read_json(paths.metrics_file("prepare"))
-    report = results["validate"]
+    report = ValidationReport.load(paths.validation_file)  # whether validate ran now or was skipped
 
     create_markdown_artifact(
         key="edgepipe-results",
@@ -182,7 +189,7 @@ def _run_steps(
     # One line in the log (the CLI and the artifact hold the tables): what a served run's log should say.
     logger.info(
         "results: release gates %s; full report in %s",
-        "passed" if report["gates"]["passed"] else "FAILED",
+        "passed" if report.passed else "FAILED",
         paths.report_file,
     )
 
@@ -190,22 +197,16 @@ def _run_steps(
         retries=params.mlflow.retries, retry_delay_seconds=params.mlflow.retry_delay_seconds
     )
     tracking.open()  # the store may answer now if it did not when the run started
-    if not report["gates"]["passed"]:
-        registration = register(params, params_file, root, results, tracking.run_id)  # for the record
+    if not report.passed:
+        registration = register(params, params_file, root, report, results, tracking.run_id)  # the record
         tracking.run_id = registration.run_id
         raise EdgepipeError(
             "release gates failed, nothing registered or pushed.\n"
-            + grouped_failures(report["gates"]["failures"])
+            + grouped_failures(report.gates.failures)
             + f"\nSee {paths.report_file} and MLflow run {registration.run_id}."
         )
     # The remote holds the bytes before any registry points at them.
     pushed = push_task(root) if push else None  # None: not asked to push
-    registration = register(params, params_file, root, results, tracking.run_id)
+    registration = register(params, params_file, root, report, results, tracking.run_id)
     tracking.run_id = registration.run_id
-    return {
-        "report": report,
-        "registration": registration,
-        "pushed": pushed,
-        "report_file": str(paths.report_file),
-        "data": data,
-    }
+    return RunResult(report, registration, pushed, str(paths.report_file), data)

@@ -12,6 +12,7 @@ import yaml
 from components.formats import FORMATS
 from components.paths import ProjectPaths
 from components.registry import Registration
+from components.results import RunResult, ValidationReport
 from components.stages import STAGES, dvc_yaml
 from conftest import PROJECT_ROOT, write_params
 from flows.cli import print_results, render_dvc_yaml
@@ -71,27 +72,27 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
     assert "unknown stage 'compile'; see dvc.yaml for the stage names" in result.stderr
 
 
-def results(version: str | None, new_version: bool, pushed: int | None) -> dict:
+def results(version: str | None, new_version: bool, pushed: int | None) -> RunResult:
     cell = {"format": "tflite_int8", "runtime": "litert", "layout": "NHWC", "required": True}
     cell |= {"file": "model_int8.tflite", "loaded": True, "accuracy": 0.9667, "agreement": 0.9407}
-    cell |= {"max_abs_diff": 0.2, "status": "pass"}
+    cell |= {"max_abs_diff": 0.2, "status": "pass", "precision": "int8"}
     failed = {"format": "tflite_int8", "runtime": "opencv_dnn:classic", "layout": "NCHW", "required": False}
     failed |= {"file": "model_int8.tflite", "loaded": False, "error": "cv2.error: Lookup table for RELU"}
-    failed |= {"status": "known failure"}
+    failed |= {"status": "known failure", "precision": "int8"}
     artifact = {"file": "model_int8.tflite", "precision": "int8", "source": "qat", "bytes": 31992}
-    artifact |= {"gzip_bytes": 19359, "bytes_per_parameter": 1.2}
+    artifact |= {"gzip_bytes": 19359, "bytes_per_parameter": 1.2, "container": "tflite", "sha256": "0" * 64}
     report = {"float_accuracy": 0.9704, "test_images": 270, "parameters": 26000}
     report |= {"cells": [cell, failed], "artifacts": {"tflite_int8": artifact}}
     report["gates"] = {"passed": True, "failures": []}
     registration = Registration(
         "run-id", "1", "digits" if version else None, version, new_version, "sqlite://"
     )
-    return {
-        "report": report,
-        "registration": registration,
-        "pushed": pushed,
-        "report_file": "reports/report.md",
-        "data": {
+    return RunResult(
+        report=ValidationReport.model_validate(report),
+        registration=registration,
+        pushed=pushed,
+        report_file="reports/report.md",
+        data={
             "counts": {"train": 420, "val": 90, "test": 90},
             "classes": 5,
             "skipped": 1,
@@ -100,7 +101,7 @@ def results(version: str | None, new_version: bool, pushed: int | None) -> dict:
             "image_channels": 3,
             "image_chosen": {"channels": "auto: colour images found"},
         },
-    }
+    )
 
 
 @pytest.mark.parametrize(

@@ -82,13 +82,15 @@ def cli_env(prefect_home: Path, tracking_uri: str, prefect_api: str | None = Non
     return env
 
 
-def start_cli(root: Path, env: dict, name: str) -> tuple[subprocess.Popen, Path, Path]:
+def start_cli(
+    root: Path, env: dict, name: str, prefix: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, Path, Path]:
     """`edgepipe run` in `root` (its own copy of the code, as `python -m` runs it from the project folder),
     in a new session so that it and everything it spawns can be killed as one process group."""
     out, err = root.parent / f"{name}.stdout", root.parent / f"{name}.stderr"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run"],
+            [*prefix, sys.executable, "-m", "flows.cli", "run"],
             cwd=root,
             env=env,
             stdout=stdout,
@@ -109,9 +111,18 @@ def finish_cli(process: subprocess.Popen, out: Path, err: Path, started: float, 
     return CliRun(code, out.read_text(), err.read_text(), time.monotonic() - started)
 
 
-def run_cli(root: Path, env: dict, name: str) -> CliRun:
+def run_cli(root: Path, env: dict, name: str, prefix: tuple[str, ...] = ()) -> CliRun:
     started = time.monotonic()
-    return finish_cli(*start_cli(root, env, name), started)
+    return finish_cli(*start_cli(root, env, name, prefix), started)
+
+
+def as_an_ordinary_user() -> tuple[str, ...]:
+    """A command prefix under which file modes apply: root (CI, containers) ignores them through
+    CAP_DAC_OVERRIDE; without it (util-linux's setpriv) root obeys them like any user."""
+    if os.geteuid() != 0:
+        return ()
+    caps = "-dac_override,-dac_read_search"
+    return ("setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--")
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
@@ -572,6 +583,24 @@ def test_a_remote_that_is_a_file_fails_the_push_with_a_clear_message(
         note("2b DVC remote is a regular file", "last stderr lines:\n\n```\n" + "\n".join(tail) + "\n```")
     message = assert_push_failed_and_nothing_else_changed(remote_faults, result)
     assert str(not_a_dir) in message
+
+
+def test_a_remote_folder_without_write_permission_fails_the_push_with_a_clear_message(
+    remote_faults, prefect_home, prefect_api
+):
+    """A shared remote the user may read but not write (mode 555): exit 2 naming the remote, nothing
+    registered or tagged, the cache intact, nothing half-written in the remote."""
+    root = remote_faults.root
+    read_only = remote_faults.base / "read-only-remote"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    run([*DVC, "remote", "add", "--force", "--default", "local", str(read_only)], root)
+    env = cli_env(prefect_home, remote_faults.uri, prefect_api)
+    result = run_cli(root, env, "run-remote-read-only", prefix=as_an_ordinary_user())
+    note_run("2c DVC remote not writable", "run", result)
+    message = assert_push_failed_and_nothing_else_changed(remote_faults, result)
+    assert str(read_only) in message and "Permission denied" in message
+    assert list(read_only.iterdir()) == []
 
 
 def test_an_unreachable_server_is_reported_without_a_traceback(outage):

@@ -64,10 +64,10 @@ def test_it_is_a_real_mobilenet_v2(mobilenet):
 def test_every_required_cell_runs(mobilenet):
     _, results = mobilenet
     report = results["validate"]
-    assert [(c["format"], c["runtime"]) for c in report["cells"]] == [
+    assert [(c.format, c.runtime) for c in report.cells] == [
         (f.name, t.name) for f in FORMATS for t in f.runtimes
     ]
-    failed = [c for c in report["cells"] if c["required"] and not c["loaded"]]
+    failed = [c for c in report.cells if c.required and not c.loaded]
     assert not failed, failed
 
 
@@ -77,17 +77,17 @@ def test_float_files_match_keras_or_fail_the_logit_gate(mobilenet):
     cell that computes a different function must fail its gate, never pass silently."""
     paths, results = mobilenet
     report = results["validate"]
-    for cell in report["cells"]:
-        if not (cell["required"] and cell["precision"] == "float32"):
+    for cell in report.cells:
+        if not (cell.required and cell.precision == "float32"):
             continue
-        if cell["runtime"] == "opencv_dnn:classic" and cell["logit_error"] > 0.001:
-            assert cell["status"] == "fail"
+        if cell.runtime == "opencv_dnn:classic" and cell.logit_error > 0.001:
+            assert cell.status == "fail"
             assert any(
-                f"{cell['format']} on opencv_dnn:classic: max logit difference" in failure
-                for failure in report["gates"]["failures"]
+                f"{cell.format} on opencv_dnn:classic: max logit difference" in failure
+                for failure in report.gates.failures
             )
         else:
-            assert cell["logit_error"] <= 0.001 and cell["status"] == "pass", cell
+            assert cell.logit_error <= 0.001 and cell.status == "pass", cell
 
 
 def test_int8_runtimes_agree_within_the_int8_gate(mobilenet):
@@ -95,9 +95,9 @@ def test_int8_runtimes_agree_within_the_int8_gate(mobilenet):
     to ~10 output quantisation steps when this was written. Both must stay within the int8 logit gate
     of the QAT model, and close to each other."""
     paths, results = mobilenet
-    cells = {(c["format"], c["runtime"]): c for c in results["validate"]["cells"]}
+    cells = {(c.format, c.runtime): c for c in results["validate"].cells}
     for runtime in ("litert", "tflm"):
-        assert cells[("tflite_int8", runtime)]["status"] == "pass", cells[("tflite_int8", runtime)]
+        assert cells[("tflite_int8", runtime)].status == "pass", cells[("tflite_int8", runtime)]
     x, _ = load_split(paths.prepared_dir, "test")
     int8 = get_format("tflite_int8")
     litert, tflm = (open_runner(t, int8.path(paths.export_dir))(x) for t in int8.runtimes[:2])

@@ -20,6 +20,7 @@ from components.gates import gate_failures, grouped_failures
 from components.model import load_model, save_model, sparsity
 from components.paths import ProjectPaths
 from components.qat import load_qat_model
+from components.results import Artifact, Cell, ValidationReport
 from components.runtimes import open_runner
 from conftest import TINY_PARAMS
 
@@ -139,16 +140,16 @@ def test_every_export_reloads_and_agrees_with_keras(project, test_split, format_
 def test_known_runtime_failures_are_reported_with_the_runtimes_own_words(project):
     """OpenCV cannot import int8 TFLite; its new engine cannot run int8 ONNX. Tried, reported, not gated."""
     _, paths, results = project
-    cells = {(c["format"], c["runtime"]): c for c in results["validate"]["cells"]}
+    cells = {(c.format, c.runtime): c for c in results["validate"].cells}
     for format_name, target in KNOWN_FAILURES:
         cell = cells[(format_name, target.name)]
-        assert cell["note"] == target.note
+        assert cell.note == target.note
         # A small CNN's float .tflite runs in OpenCV's new engine (MobileNetV2's does not): reported as such.
-        assert cell["status"] == ("pass" if format_name.startswith("tflite_float") else "known failure")
-        if not cell["loaded"]:
-            assert "OpenCV(5.0.0)" in cell["error"]
+        assert cell.status == ("pass" if format_name.startswith("tflite_float") else "known failure")
+        if not cell.loaded:
+            assert "OpenCV(5.0.0)" in cell.error
     tflite_int8 = cells[("tflite_int8", "opencv_dnn:classic")]
-    assert not tflite_int8["loaded"] and "Lookup table for RELU" in tflite_int8["error"]
+    assert not tflite_int8.loaded and "Lookup table for RELU" in tflite_int8.error
 
 
 def test_int8_onnx_is_quantised_qdq_with_uint8_activations(project):
@@ -158,20 +159,20 @@ def test_int8_onnx_is_quantised_qdq_with_uint8_activations(project):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     zero_points = {init.data_type for init in model.graph.initializer if init.name.endswith("zero_point")}
     assert onnx.TensorProto.UINT8 in zero_points and onnx.TensorProto.INT8 in zero_points
-    sizes = results["validate"]["artifacts"]
-    assert sizes["onnx_int8"]["bytes"] < sizes["onnx_float32"]["bytes"]
+    sizes = results["validate"].artifacts
+    assert sizes["onnx_int8"].bytes < sizes["onnx_float32"].bytes
 
 
 def test_pruned_int8_compresses_smaller_than_unpruned_int8(project):
     """Pruning pays on disk once compressed: the zeros of the pruned QAT int8 file gzip away, the PTQ
     file of the unpruned model has none to lose."""
     _, _, results = project
-    artifacts = results["validate"]["artifacts"]
-    assert artifacts["tflite_int8"]["gzip_bytes"] < artifacts["tflite_int8_ptq"]["gzip_bytes"]
+    artifacts = results["validate"].artifacts
+    assert artifacts["tflite_int8"].gzip_bytes < artifacts["tflite_int8_ptq"].gzip_bytes
     for artifact in artifacts.values():
-        assert 0 < artifact["gzip_bytes"] < artifact["bytes"]
-        assert artifact["bytes_per_parameter"] == pytest.approx(
-            artifact["bytes"] / results["validate"]["parameters"], abs=1e-4
+        assert 0 < artifact.gzip_bytes < artifact.bytes
+        assert artifact.bytes_per_parameter == pytest.approx(
+            artifact.bytes / results["validate"].parameters, abs=1e-4
         )
 
 
@@ -211,7 +212,8 @@ def test_int8_tflite_has_int8_input_and_output(project):
 def test_validate_reports_every_cell_and_passes_the_gates(project):
     _, paths, results = project
     report = read_json(paths.validation_file)
-    assert report == results["validate"]
+    # validation.json is the typed report's JSON form, and reads back as the same report
+    assert ValidationReport.load(paths.validation_file) == results["validate"]
     assert [(c["format"], c["runtime"]) for c in report["cells"]] == [
         (f.name, t.name) for f in FORMATS for t in f.runtimes
     ]
@@ -244,6 +246,14 @@ def test_exports_leave_no_temporary_files(project):
     assert sorted(p.name for p in paths.export_dir.iterdir()) == sorted(f.filename for f in FORMATS)
 
 
+def artifact(format_name: str, size: int) -> Artifact:
+    fmt = get_format(format_name)
+    return Artifact(
+        file=fmt.filename, container=fmt.container, precision=fmt.precision, source=fmt.source, bytes=size,
+        gzip_bytes=size, bytes_per_parameter=1.0, sha256="0" * 64,
+    )  # fmt: skip
+
+
 def test_gates_fail_on_drop_disagreement_size_arena_and_load_errors():
     gates = GatesConfig(
         max_accuracy_drop={"default": 0.02, "onnx_int8": 0.1},
@@ -251,12 +261,16 @@ def test_gates_fail_on_drop_disagreement_size_arena_and_load_errors():
         max_bytes={"tflite_int8": 1000},
         max_arena_bytes=4096,
     )
-    artifacts = {"tflite_int8": {"bytes": 1500}, "onnx_int8": {"bytes": 99999}}
+    artifacts = {"tflite_int8": artifact("tflite_int8", 1500), "onnx_int8": artifact("onnx_int8", 99999)}
 
-    def cell(fmt, runtime, required=True, **measured):
-        base = {"format": fmt, "runtime": runtime, "required": required, "loaded": True}
-        base |= {"precision": "int8" if "int8" in fmt else "float32", "logit_error": 0.0001}
-        return base | measured
+    def cell(fmt, runtime, required=True, loaded=True, **measured):
+        precision = "int8" if "int8" in fmt else "float32"
+        measured = ({"logit_error": 0.0001} if loaded else {}) | measured
+        file = get_format(fmt).filename
+        return Cell(
+            format=fmt, runtime=runtime, layout="NHWC", required=required, file=file, precision=precision,
+            loaded=loaded, **measured,
+        )  # fmt: skip
 
     cells = [
         cell("tflite_int8", "litert", accuracy=0.95, agreement=0.99),
@@ -274,13 +288,7 @@ def test_gates_fail_on_drop_disagreement_size_arena_and_load_errors():
             runtime_agreement=0.9481,
             reference_runtime="onnxruntime",
         ),
-        {
-            "format": "tflite_float32",
-            "runtime": "opencv_dnn:classic",
-            "required": True,
-            "loaded": False,
-            "error": "cv2.error: cannot load",
-        },
+        cell("tflite_float32", "opencv_dnn:classic", loaded=False, error="cv2.error: cannot load"),
         cell("onnx_int8", "opencv_dnn:new", required=False, accuracy=0.1, agreement=0.1),  # reported only
     ]
     failures = gate_failures(gates, float_accuracy=0.96, artifacts=artifacts, cells=cells)

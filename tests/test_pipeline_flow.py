@@ -71,7 +71,7 @@ def sha256(path) -> str:
 
 def test_int8_model_version_is_registered_with_its_provenance(first_run):
     root, result = first_run["root"], first_run["result"]
-    registration = result["registration"]
+    registration = result.registration
     assert registration.version == "1" and registration.model_name == "tiny-patterns"
     assert registration.new_version
     version = MlflowClient(first_run["uri"]).get_model_version("tiny-patterns", "1")
@@ -89,7 +89,7 @@ def test_int8_model_version_is_registered_with_its_provenance(first_run):
 
 def test_mlflow_run_has_params_metrics_and_artifacts(first_run):
     client = MlflowClient(first_run["uri"])
-    mlflow_run = client.get_run(first_run["result"]["registration"].run_id)
+    mlflow_run = client.get_run(first_run["result"].registration.run_id)
     assert mlflow_run.data.params["prune.target_sparsity"] == "0.5"
     assert mlflow_run.data.params["data.image.height"] == "16"
     metrics = mlflow_run.data.metrics
@@ -128,7 +128,7 @@ def test_mlflow_run_page_has_curves_dataset_input_and_description(first_run):
     """What the run page shows: per-epoch curves with steps, the data as inputs, the results as its
     description, and the input the model got."""
     client = MlflowClient(first_run["uri"])
-    run_id = first_run["result"]["registration"].run_id
+    run_id = first_run["result"].registration.run_id
     mlflow_run = client.get_run(run_id)
     for stage in ("train", "prune", "qat"):
         history = ProjectPaths(first_run["root"]).history_file(stage).read_text().splitlines()
@@ -149,12 +149,12 @@ def test_mlflow_run_page_has_curves_dataset_input_and_description(first_run):
             assert 0.0 <= metrics[f"per_class.{model}.{name}.f1"] <= 1.0
     matrices = mlflow.artifacts.load_dict(f"runs:/{run_id}/confusion_matrices.json")
     assert matrices["classes"] == ["bars", "diagonal", "stripes"]
-    assert sum(map(sum, matrices["release"])) == first_run["result"]["report"]["test_images"]
+    assert sum(map(sum, matrices["release"])) == first_run["result"].report.test_images
 
 
 def test_the_mlflow_run_spans_the_pipeline_run(first_run):
     """Opened when the flow started (before training), closed FINISHED when it ended."""
-    mlflow_run = MlflowClient(first_run["uri"]).get_run(first_run["result"]["registration"].run_id)
+    mlflow_run = MlflowClient(first_run["uri"]).get_run(first_run["result"].registration.run_id)
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(first_run["flow_run_id"])
     assert mlflow_run.info.status == "FINISHED"
@@ -193,7 +193,7 @@ def test_report_is_a_prefect_artifact(first_run):
     table = [a for a in artifacts if a.flow_run_id == first_run["flow_run_id"]][0].data
     for fmt in FORMATS:
         assert fmt.filename in table
-    data_line = describe_data(first_run["result"]["data"])
+    data_line = describe_data(first_run["result"].data)
     assert table == data_line + "\n\n" + (first_run["root"] / "reports" / "report.md").read_text()
 
 
@@ -220,7 +220,7 @@ def test_unchanged_rerun_skips_heavy_steps_and_registers_nothing_new(first_run):
     assert {p: (p.stat().st_mtime_ns, sha256(p)) for p in outputs} == before
     states = task_states(state.state_details.flow_run_id)
     assert all(states[step] == "Skipped" for step in ("prepare", *HEAVY_STEPS)), states
-    assert result["registration"].version == "1" and not result["registration"].new_version
+    assert result.registration.version == "1" and not result.registration.new_version
     client = MlflowClient(first_run["uri"])
     assert [str(v.version) for v in client.search_model_versions("name = 'tiny-patterns'")] == ["1"]
     assert versioning.pipeline_status(root) == {}
@@ -235,9 +235,9 @@ def test_an_unchanged_project_is_answered_without_the_flow_and_any_change_is_not
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", first_run["uri"])
         answer = unchanged_release(params, root, push=False)
-        assert answer is not None and answer["pushed"] is None
-        assert answer["registration"].version == "1" and answer["registration"].git_tag == "tiny-patterns@v1"
-        assert answer["report"]["gates"]["passed"] and answer["data"]["classes"] == 3
+        assert answer is not None and answer.pushed is None
+        assert answer.registration.version == "1" and answer.registration.git_tag == "tiny-patterns@v1"
+        assert answer.report.passed and answer.data["classes"] == 3
         original = params_file.read_text()
         try:
             changed = original.replace("learning_rate: 0.0001", "learning_rate: 0.0002")
@@ -272,20 +272,25 @@ def test_a_deleted_output_is_rebuilt_and_recorded_instead_of_served_from_cache(f
     assert all(states[step] == "Skipped" for step in ("prepare", "train", "prune", "qat", "export_tflite"))
     assert sha256(onnx_file) == expected  # the export is reproducible: the same bytes come back
     assert versioning.pipeline_status(root) == {}
-    assert state.result()["registration"].version == "1"
+    assert state.result().registration.version == "1"
 
 
 def test_dvc_repro_runs_a_stage_through_the_cli_and_reproduces_its_bytes(first_run):
-    """`dvc repro` (no Prefect) runs `edgepipe stage train` in a new process; seeded, deterministic
-    training gives the same float model, so dvc.lock does not change."""
+    """`dvc repro --force` (no Prefect) runs `edgepipe stage ...` in new processes; seeded, deterministic
+    training, conversion and plotting give the same float model, TFLite files, C array and report PNGs,
+    so dvc.lock (every output's md5) does not change."""
     root = first_run["root"]
+    paths = ProjectPaths(root)
     lock_before = (root / "dvc.lock").read_text()
-    model = ProjectPaths(root).float_model
-    before = sha256(model)
+    files = [paths.float_model, paths.mcu_dir / "model_data.cc", *sorted(paths.reports_dir.glob("*.png"))]
+    files += sorted(paths.export_dir.glob("*.tflite"))
+    assert len(files) == 2 + 3 + 4
+    before = {path: sha256(path) for path in files}
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    output = run([*DVC, "repro", "--force", "--single-item", "train"], root, env=env).stdout
-    assert "Running stage 'train'" in output
-    assert sha256(model) == before
+    stages = ("train", "export_tflite", "mcu", "report")
+    output = run([*DVC, "repro", "--force", "--single-item", *stages], root, env=env).stdout
+    assert all(f"Running stage '{stage}'" in output for stage in stages), output
+    assert {path: sha256(path) for path in files} == before
     assert (root / "dvc.lock").read_text() == lock_before
     assert versioning.pipeline_status(root) == {}
 
@@ -330,6 +335,8 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     client = MlflowClient(first_run["uri"])
     versions_before = client.search_model_versions("name = 'tiny-patterns'")
+    remote = Path(run([*DVC, "remote", "list"], root).stdout.split()[1])  # the copy shares the remote
+    remote_before = sorted(p.relative_to(remote) for p in remote.rglob("*"))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", first_run["uri"])
@@ -340,6 +347,8 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
     assert "tflite_int8 on tflm: tensor arena" in message and "> gates.max_arena_bytes 1000" in message
     versions_after = client.search_model_versions("name = 'tiny-patterns'")
     assert [v.version for v in versions_after] == [v.version for v in versions_before]
+    # validate and report re-ran (a gate is a param of theirs) and wrote new files: none reached the remote
+    assert sorted(p.relative_to(remote) for p in remote.rglob("*")) == remote_before
     runs = client.search_runs(
         [client.get_experiment_by_name("edgepipe-tests").experiment_id],
         order_by=["attributes.start_time DESC"],
@@ -414,10 +423,10 @@ def test_a_run_from_a_weights_file_trains_in_two_phases_and_releases(first_run, 
     assert trained["pretrained"]["layers_loaded"] == 8 and trained["pretrained"]["layers_new"] == 1
     phases = [row.split(",")[-1] for row in ProjectPaths(root).train_history.read_text().splitlines()[1:]]
     assert phases[:3] == ["1", "1", "1"] and set(phases[3:]) == {"2"}
-    assert result["report"]["gates"]["passed"] and result["registration"].new_version  # another model
+    assert result.report.passed and result.registration.new_version  # another model
     assert (
-        MlflowClient(result["registration"].tracking_uri)
-        .get_run(result["registration"].run_id)
+        MlflowClient(result.registration.tracking_uri)
+        .get_run(result.registration.run_id)
         .data.params["model.pretrained"]
         == "start.keras"
     )

@@ -192,13 +192,12 @@ def colour_release(tmp_path_factory, prefect_api):
 @pytest.mark.slow
 def test_default_params_learn_a_colour_folder_and_release_it(colour_release):
     result = colour_release["result"]
-    report = result["report"]
-    assert result["data"]["image_channels"] == 3 and result["data"]["image_height"] == 48
-    assert report["float_accuracy"] >= 0.9, report["float_accuracy"]
-    release = next(c for c in report["cells"] if c["format"] == "tflite_int8" and c["runtime"] == "litert")
-    assert release["accuracy"] >= report["float_accuracy"] - 0.03
-    assert report["gates"]["passed"], report["gates"]["failures"]
-    assert result["registration"].version == "1" and result["registration"].git_tag == "edgepipe-digits@v1"
+    report = result.report
+    assert result.data["image_channels"] == 3 and result.data["image_height"] == 48
+    assert report.float_accuracy >= 0.9, report.float_accuracy
+    assert report.accuracy("tflite_int8", "litert") >= report.float_accuracy - 0.03
+    assert report.passed, report.gates.failures
+    assert result.registration.version == "1" and result.registration.git_tag == "edgepipe-digits@v1"
     assert load_params(colour_release["root"] / "params.yaml") == Params.model_validate(
         load_params(PROJECT_ROOT / "params.yaml").model_dump()
     )  # nothing edited
@@ -212,11 +211,12 @@ def test_an_accuracy_drop_of_exactly_the_bar_passes():
     """3 of 60 test images is a drop of exactly 0.05, which float subtraction makes 0.05000000000000004."""
     from components.config import GatesConfig
     from components.gates import cell_failures
+    from components.results import Cell
 
     cell = {"format": "tflite_int8", "runtime": "litert", "loaded": True, "precision": "int8"}
-    cell |= {"agreement": 1.0, "logit_error": 0.0}
+    cell |= {"agreement": 1.0, "logit_error": 0.0, "layout": "NHWC", "required": True, "file": "m.tflite"}
     gates = GatesConfig(max_accuracy_drop=0.05)
-    assert cell_failures(gates, 58 / 60, cell | {"accuracy": 55 / 60}) == []
-    assert cell_failures(gates, 58 / 60, cell | {"accuracy": 54 / 60}) == [
+    assert cell_failures(gates, 58 / 60, Cell(**cell, accuracy=55 / 60)) == []
+    assert cell_failures(gates, 58 / 60, Cell(**cell, accuracy=54 / 60)) == [
         "tflite_int8 on litert: accuracy drop 0.0667 > gates.max_accuracy_drop 0.05"
     ]

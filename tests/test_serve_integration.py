@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 EDGEPIPE = [sys.executable, "-m", "flows.cli"]
 TIMEOUT = 900  # seconds for any one wait; a run takes about a minute here
+START_ALLOWANCE = 100  # seconds for serve to start: the schedule fires 121-180 s after the fixture begins
 
 
 def port_open(port: int) -> bool:
@@ -46,12 +46,19 @@ def parse_time(value: str) -> float:
 def served(tmp_path_factory):
     base = tmp_path_factory.mktemp("serve")
     root = make_project_repo(base / "project", base / "remote")
-    # The schedule fires once, 3 minutes from now: after the data event, so the run it starts queues
-    # behind the triggered one (one run at a time) and finds every step cached.
-    minute = (datetime.now().astimezone(UTC).minute + 3) % 60
+    # The schedule fires once, in the minute starting 3 minutes from now: after the data event, so the run
+    # it starts queues behind the triggered one (one run at a time) and finds every step recorded. Serve
+    # gets less than that to start (START_ALLOWANCE), so the schedule is still ahead once it is up.
+    fires_at = (datetime.now().astimezone(UTC) + timedelta(minutes=3)).replace(second=0, microsecond=0)
+    # The watcher polls hourly: `edgepipe data add` sends this test's event (the watcher's own event is
+    # tested in tests/test_serve_shutdown.py), and a poll mid-copy cannot announce a half-copied folder.
     write_params(
         root / "params.yaml",
-        {"serve.cron": f"{minute} * * * *", "serve.watch_seconds": 2, "mlflow.retry_delay_seconds": 2},
+        {
+            "serve.cron": f"{fires_at.minute} * * * *",
+            "serve.watch_seconds": 3600,
+            "mlflow.retry_delay_seconds": 2,
+        },
     )
     run([*GIT, "commit", "-qam", "serve: schedule in 3 minutes"], root)
     prefect_port, mlflow_port = free_port(), free_port()
@@ -70,7 +77,7 @@ def served(tmp_path_factory):
         )
     prefect_api = f"http://127.0.0.1:{prefect_port}/api"
     try:
-        wait_for(lambda: "Ctrl-C stops" in log.read_text(), "serve to start", log, timeout=300)
+        wait_for(lambda: "Ctrl-C stops" in log.read_text(), "serve to start", log, timeout=START_ALLOWANCE)
         wait_for(
             lambda: api(f"{prefect_api}/deployments/filter", {}) or None,
             "the served deployment",
@@ -92,6 +99,7 @@ def served(tmp_path_factory):
             "mlflow_uri": client_env["MLFLOW_TRACKING_URI"],
             "ports": (prefect_port, mlflow_port),
             "env": client_env,
+            "cron_fires_at": fires_at,
         }
     finally:
         if process.poll() is None:
@@ -113,14 +121,16 @@ def flow_runs(prefect_api: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def triggered(served):
-    """New images are dropped into the data folder; serve's watcher notices the content change and emits
-    the event; the deployment's trigger starts a run; it completes."""
+    """`edgepipe data add` copies new images into the data folder and emits the event; the deployment's
+    trigger starts a run; it completes."""
     root = served["root"]
     arrivals = new_images(served["base"] / "arrivals")
     dropped_at = time.time()
-    for class_dir in arrivals.iterdir():
-        for image in class_dir.iterdir():
-            shutil.copy2(image, root / "data" / "raw" / class_dir.name / image.name)
+    added = subprocess.run(
+        [*EDGEPIPE, "data", "add", str(arrivals)], cwd=root, env=served["env"], capture_output=True, text=True
+    )
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "Added 18 image(s)" in added.stdout and "Emitted edgepipe.data.updated" in added.stdout
 
     def triggered_run():
         runs = [r for r in flow_runs(served["prefect_api"]) if not r["auto_scheduled"]]
@@ -141,7 +151,6 @@ def triggered(served):
         f"\nimages dropped -> triggered flow run created {latency:.1f} s later, "
         f"started {started:.1f} s later; run {final['name']} {final['state_type']}"
     )
-    assert "emitted edgepipe.data.updated" in served["log"].read_text()
     return {"run": final, "latency": latency}
 
 
@@ -207,6 +216,7 @@ def test_the_cron_schedule_fires_a_run(served, triggered):
         return done[0] if done else None
 
     scheduled = wait_for(scheduled_done, "a scheduled run to finish", served["log"], every=3, timeout=TIMEOUT)
+    assert parse_time(scheduled["expected_start_time"]) == served["cron_fires_at"].timestamp()
     assert scheduled["state_type"] == "COMPLETED"
     # Same data, same bytes: the scheduled run registers nothing new.
     versions = MlflowClient(served["mlflow_uri"]).search_model_versions("name = 'tiny-patterns'")
@@ -275,7 +285,7 @@ def test_ctrl_c_stops_both_servers_and_removes_the_automation(served, triggered)
     os.kill(process.pid, signal.SIGINT)
     process.wait(timeout=120)
     log = served["log"].read_text()
-    assert "Removed 1 automation(s) of the served deployment" in log, log[-3000:]
+    assert "Paused the deployment. Removed 1 automation(s) of the served deployment" in log, log[-3000:]
     assert "Stopped prefect server and mlflow server" in log
     assert not any(port_open(port) for port in served["ports"])
     db = served["root"] / ".edgepipe" / "prefect.db"
@@ -285,6 +295,8 @@ def test_ctrl_c_stops_both_servers_and_removes_the_automation(served, triggered)
             (f"prefect.deployment.{served_id}",),
         ).fetchone()[0]
         remaining = connection.execute("select count(*) from automation").fetchone()[0]
+        (paused,) = connection.execute("select paused from deployment where id = ?", (served_id,)).fetchone()
+    assert paused == 1  # its cron schedule starts no run until the next `edgepipe serve` resumes it
     assert owned == 0
     assert remaining == 1  # the work-pool deployment's trigger: `edgepipe deploy` made it, not serve
 
