@@ -41,10 +41,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from components import versioning
+from components.config import load_params
 from components.hashing import file_digest
+from components.locking import project_lock
 from components.paths import ProjectPaths
 from components.stages import STAGES
-from conftest import DVC, GIT, free_port, run, write_params
+from conftest import DVC, GIT, free_port, run, wait_for, write_params
 from flows.servers import start_mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -527,29 +529,48 @@ def test_the_next_run_resumes_from_the_steps_dvc_lock_recorded(killed, prefect_h
 
 
 def test_two_runs_started_at_once_serialise_and_release_once(faults_base, prefect_home, trained, prefect_api):
-    """On the session's project with every step done but nothing released: the first run pushes and
-    releases (git commit and tag, MLflow version) while the second waits for the project lock; the second
-    then finds every step recorded and the release registered."""
+    """On the session's project with every step done but nothing released, two runs wait on the project
+    lock (held by the test until both say they are waiting), then race for it at the same instant: one
+    pushes and releases (git commit and tag, MLflow version) while the other waits again; that one then
+    finds every step recorded and the release registered."""
     base = faults_base / "concurrent"
     root = trained.copy(trained.unreleased, base)
     uri = f"sqlite:///{base / 'mlflow.db'}"
     env = cli_env(prefect_home, uri, prefect_api)
     started, started_at = time.monotonic(), datetime.now()
-    launched = [start_cli(root, env, f"run-concurrent-{i}") for i in (1, 2)]
+    held = project_lock(root, load_params(root / "params.yaml").orchestration)
+    held.acquire()
+    try:
+        launched = [start_cli(root, env, f"run-concurrent-{i}") for i in (1, 2)]
+        for process, _, err in launched:
+            wait_for(
+                lambda err=err, process=process: (
+                    "another edgepipe run holds" in err.read_text() or process.poll() is not None
+                ),
+                "both runs to wait for the project lock",
+                err,
+                timeout=300,
+            )
+    finally:
+        held.release()
     results = [finish_cli(*job, started) for job in launched]
     scenario = "4 two runs at once (every step done, nothing released)"
     for i, result in enumerate(results, 1):
         note_run(scenario, f"run {i} (seconds from the common start)", result)
     assert [r.code for r in results] == [0, 0], [r.stderr[-3000:] for r in results]
-    waited = [r for r in results if "another edgepipe run holds" in r.stderr]
-    assert len(waited) == 1, "exactly one run should have waited for the other"
-    waiter, holder = waited[0], next(r for r in results if r is not waited[0])
-    wait_line = next(line for line in waiter.stderr.splitlines() if "another edgepipe run holds" in line)
-    note(scenario, f"the waiting run logged: `{wait_line}`")
-    assert f"{root / '.dvc' / 'tmp' / 'edgepipe-run.lock'}; waiting for it to finish" in wait_line
-    # serialised: the waiter started its first step only after the holder had registered
-    waiter_began = log_time(waiter.stderr, "Task run 'ingest-", started_at)
-    assert waiter_began > log_time(holder.stderr, "Task run 'register-", started_at)
+    wait_lines = [
+        next(line for line in r.stderr.splitlines() if "another edgepipe run holds" in line) for r in results
+    ]
+    note(scenario, f"each run logged: `{wait_lines[0]}`")
+    assert all(
+        f"{root / '.dvc' / 'tmp' / 'edgepipe-run.lock'}; waiting for it to finish" in line
+        for line in wait_lines
+    )
+    # serialised: the run that got the lock second started its first step only after the other registered
+    holder, waiter = sorted(results, key=lambda r: log_time(r.stderr, "Task run 'ingest-", started_at))
+    assert log_time(waiter.stderr, "Task run 'ingest-", started_at) > log_time(
+        holder.stderr, "Task run 'register-", started_at
+    )
     assert f"Registered MLflow model {MODEL} version 1, git tag {FIRST_TAG}" in holder.stdout
     assert f"MLflow model {MODEL} version 1 already holds these bytes" in waiter.stdout
     waiter_states = task_states(waiter.stderr)

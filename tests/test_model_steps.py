@@ -236,7 +236,7 @@ def test_report_writes_markdown_and_plots(project):
     for png in paths.reports_dir.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = paths.release_predictions.read_text().splitlines()
-    assert rows[0] == "actual,predicted" and len(rows) == 1 + results["validate"]["test_images"]
+    assert rows[0] == "actual,predicted" and len(rows) == 1 + results["validate"].test_images
     history = paths.train_history.read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 1 + results["train"]["epochs_run"]
 
