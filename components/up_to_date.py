@@ -9,9 +9,11 @@ None, and the flow runs, skipping what dvc.lock records.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from components import versioning
 from components.atomic import read_json
 from components.config import Params
 from components.errors import EdgepipeError
@@ -19,9 +21,11 @@ from components.formats import RELEASE_FORMAT, get_format
 from components.hashing import file_digest
 from components.locking import Timeout, project_lock
 from components.paths import ProjectPaths
-from components.registry import Registration, alias_holder, check_reachable, tracking_uri, version_holding
 from components.results import RunResult, ValidationReport
 from components.stages import STAGES
+
+if TYPE_CHECKING:
+    from components.registry import Registration
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +48,50 @@ def unchanged_release(params: Params, root: Path, push: bool) -> RunResult | Non
 
 
 def _unchanged_release(params: Params, root: Path, paths: ProjectPaths, push: bool) -> RunResult | None:
-    if not paths.validation_file.is_file() or versioning.pipeline_status(root):
+    if not paths.validation_file.is_file():
         return None
     if not all(stage.named_inputs_unchanged(params, paths) for stage in STAGES):
         return None
     report = ValidationReport.load(paths.validation_file)
     if not report.passed:
         return None  # the flow reports the failure again, in full
+    # DVC (status, then the push) in a child process while this one imports MLflow and asks the registry:
+    # each side is seconds of Python, so on two cores they overlap instead of adding up. "spawn": a fork
+    # of a process with threads (a test's, a served flow's) can deadlock; the child imports DVC only.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        dvc_side = pool.submit(_dvc_side, root, push)
+        registration = _registered_release(params, root, paths)
+        clean, pushed, push_error = dvc_side.result()
+    if not clean or registration is None:
+        return None  # the flow runs; its push step reports a push error with its retries
+    if push_error is not None:
+        raise push_error
+    return RunResult(
+        report=report,
+        registration=registration,
+        pushed=pushed,
+        report_file=str(paths.report_file),
+        data=read_json(paths.metrics_file("prepare")),
+    )
+
+
+def _dvc_side(root: Path, push: bool) -> tuple[bool, int | None, EdgepipeError | None]:
+    from components.versioning import status_then_push  # DVC: imported in the child only
+
+    return status_then_push(root, push)
+
+
+def _registered_release(params: Params, root: Path, paths: ProjectPaths) -> Registration | None:
+    """The MLflow version holding the release file's bytes (with its git tag when releases are tagged) and
+    the champion alias; None when there is none or the store does not answer."""
+    from components.registry import (  # MLflow: imported here, while the child runs DVC
+        Registration,
+        alias_holder,
+        check_reachable,
+        tracking_uri,
+        version_holding,
+    )
+
     uri = tracking_uri(root)
     try:
         check_reachable(uri)
@@ -63,7 +104,7 @@ def _unchanged_release(params: Params, root: Path, paths: ProjectPaths, push: bo
         return None
     alias = params.release.champion_alias
     holder = alias_holder(uri, params.model.name, alias)
-    registration = Registration(
+    return Registration(
         run_id=version.run_id,
         experiment_id="",
         model_name=params.model.name,
@@ -72,11 +113,4 @@ def _unchanged_release(params: Params, root: Path, paths: ProjectPaths, push: bo
         tracking_uri=uri,
         git_tag=version.tags.get("git_tag"),
         champion=f"{alias} is version {holder}" if holder else f"no version holds {alias}",
-    )
-    return RunResult(
-        report=report,
-        registration=registration,
-        pushed=versioning.push(root) if push else None,
-        report_file=str(paths.report_file),
-        data=read_json(paths.metrics_file("prepare")),
     )
