@@ -171,6 +171,13 @@ class PruneConfig(Section):
     batch_size: int = Field(32, ge=1, le=4096)
     learning_rate: float = Field(5e-4, gt=0, lt=1)
     frequency: int = Field(10, ge=1, description="prune every N steps")
+    min_steps: int = Field(
+        100,
+        ge=1,
+        le=1_000_000,
+        description="at least this many pruning steps: on a small dataset `epochs` grows until the cuts "
+        "have steps to recover in (components/prune.py)",
+    )
 
 
 class QatConfig(Section):

@@ -19,15 +19,14 @@ log = logging.getLogger(__name__)
 
 # Pruning needs steps to recover from each cut, not epochs: on a 150-image folder (4 steps an epoch) 4
 # epochs cut 50 % of the weights within 16 steps and test accuracy fell from 0.83 to 0.52; with the cuts
-# over the first 60 % of >= 100 steps and the rest at the target sparsity it stayed at 0.83-0.96 (the
-# generated `produce` folder). A dataset with >= 25 steps an epoch keeps prune.epochs as set.
-MIN_STEPS = 100
+# over the first 60 % of >= 100 steps (prune.min_steps) and the rest at the target sparsity it stayed at
+# 0.83-0.96 (the generated `produce` folder). A dataset with >= 25 steps an epoch keeps prune.epochs.
 RAMP_SHARE = 0.6
 
 
 def pruning_epochs(config: PruneConfig, steps_per_epoch: int) -> int:
-    """prune.epochs, or more when the dataset is so small that they would give fewer than MIN_STEPS."""
-    return max(config.epochs, math.ceil(MIN_STEPS / steps_per_epoch))
+    """prune.epochs, or more when the dataset is so small that they would give fewer than prune.min_steps."""
+    return max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
 
 
 def pruning_schedule(config: PruneConfig, steps_per_epoch: int) -> tfmot.sparsity.keras.PolynomialDecay:
