@@ -6,6 +6,7 @@ Prefect test server, real git + DVC repositories in temporary folders.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import os
@@ -166,22 +167,36 @@ def run(cmd: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, **kwargs)
 
 
-def make_project_repo(dest: Path, remote: Path, per_class: int = 24) -> Path:
+def make_project_repo(dest: Path, per_class: int = 24) -> Path:
     """A copy of this project as a user's clone would hold it (code, dvc.yaml, tiny params, user data),
-    as a real git + DVC repository whose default remote is a local folder."""
-    dest.mkdir(parents=True)
-    for name in ("components", "flows"):
-        shutil.copytree(PROJECT_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
-        shutil.copy2(PROJECT_ROOT / name, dest / name)
-    write_params(dest / "params.yaml")
-    write_image_folder(dest / "data" / "raw", per_class=per_class)
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run([*DVC, "init", "-q"], dest)
-    run([*DVC, "remote", "add", "-d", "local", str(remote)], dest)
-    run(["git", "add", "-A"], dest)
-    run([*GIT, "commit", "-q", "-m", "project"], dest)
+    as a real git + DVC repository whose default remote is the folder `remote` beside it. Copied from a
+    repository made once per session and size: git and DVC record the remote as `../remote`, relative."""
+    shutil.copytree(_project_template(per_class), dest, symlinks=True)
     return dest
+
+
+_TEMPLATES: dict[int, Path] = {}
+
+
+def _project_template(per_class: int) -> Path:
+    if per_class not in _TEMPLATES:
+        base = Path(tempfile.mkdtemp(prefix="edgepipe-template-"))
+        atexit.register(shutil.rmtree, base, ignore_errors=True)
+        dest = base / "project"
+        dest.mkdir()
+        for name in ("components", "flows"):
+            shutil.copytree(PROJECT_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
+            shutil.copy2(PROJECT_ROOT / name, dest / name)
+        write_params(dest / "params.yaml")
+        write_image_folder(dest / "data" / "raw", per_class=per_class)
+        run(["git", "init", "-q", "-b", "main"], dest)
+        run([*DVC, "init", "-q"], dest)
+        run([*DVC, "remote", "add", "-d", "local", "../remote"], dest)
+        run(["git", "add", "-A"], dest)
+        run([*GIT, "commit", "-q", "-m", "project"], dest)
+        _TEMPLATES[per_class] = dest
+    return _TEMPLATES[per_class]
 
 
 @dataclass(frozen=True)
@@ -212,7 +227,7 @@ def trained(tmp_path_factory) -> TrainedProject:
     from components.stages import STAGES
 
     base = tmp_path_factory.mktemp("trained")
-    root = make_project_repo(base / "work", Path("../remote"), per_class=30)
+    root = make_project_repo(base / "work", per_class=30)
     params = Params.model_validate(yaml.safe_load((root / "params.yaml").read_text()))
     paths = ProjectPaths(root)
     snapshots, results = base / "snapshots", {}

@@ -504,7 +504,7 @@ def edgepipe_command() -> list[str]:
 
 
 def run_edgepipe(base: Path, case: CliCase) -> CliRun:
-    root = make_project_repo(base / "project", base / "remote")
+    root = make_project_repo(base / "project")
     case.damage(root)
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{base / 'mlflow.db'}"

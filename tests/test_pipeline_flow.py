@@ -43,7 +43,7 @@ HEAVY_STEPS = ("train", "prune", "qat", "export_tflite", "export_onnx", "mcu", "
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, prefect_api):
     base = tmp_path_factory.mktemp("e2e")
-    root = make_project_repo(base / "project", base / "remote")
+    root = make_project_repo(base / "project")
     uri = f"sqlite:///{base / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -335,8 +335,10 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     client = MlflowClient(first_run["uri"])
     versions_before = client.search_model_versions("name = 'tiny-patterns'")
-    remote = Path(run([*DVC, "remote", "list"], root).stdout.split()[1])  # the copy shares the remote
+    remote = first_run["base"] / "remote"  # the first run pushed its release there; the copy pushes there
+    run([*DVC, "remote", "add", "--force", "--default", "local", str(remote)], root)
     remote_before = sorted(p.relative_to(remote) for p in remote.rglob("*"))
+    assert remote_before  # the first run's outputs
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", first_run["uri"])

@@ -176,7 +176,7 @@ def colour_release(tmp_path_factory, prefect_api):
     from flows.pipeline import pipeline
 
     base = tmp_path_factory.mktemp("colour")
-    root = make_project_repo(base / "project", base / "remote")
+    root = make_project_repo(base / "project")
     shutil.copy2(PROJECT_ROOT / "params.yaml", root / "params.yaml")
     shutil.rmtree(root / "data" / "raw")
     counts = write_colour_folder(root / "data" / "raw", "signs", images=600, seed=11)  # bench/own_data.py's

@@ -45,7 +45,7 @@ def parse_time(value: str) -> float:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     base = tmp_path_factory.mktemp("serve")
-    root = make_project_repo(base / "project", base / "remote")
+    root = make_project_repo(base / "project")
     # The schedule fires once, in the minute starting 3 minutes from now: after the data event, so the run
     # it starts queues behind the triggered one (one run at a time) and finds every step recorded. Serve
     # gets less than that to start (START_ALLOWANCE), so the schedule is still ahead once it is up.

@@ -53,7 +53,7 @@ def processes_of(root: Path) -> list[psutil.Process]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     base = tmp_path_factory.mktemp("serve-stop")
-    root = make_project_repo(base / "project", base / "remote")
+    root = make_project_repo(base / "project")
     write_params(root / "params.yaml", {"serve.cron": None, "serve.watch_seconds": 1})
     run([*GIT, "commit", "-qam", "serve: no schedule"], root)
     return root
@@ -214,9 +214,13 @@ def test_ctrl_c_with_a_run_in_flight_and_one_queued_stops_everything_in_bounded_
 def test_a_second_ctrl_c_kills_everything_at_once_and_says_what_was_left(project, tmp_path):
     log = tmp_path / "serve.log"
     serve = Serve(project, log)
+    # New images: serve's watcher announces them, and the deployment's trigger starts a run for them.
+    (project / "data" / "raw" / "stripes" / "watched.png").write_bytes(
+        (project / "data" / "raw" / "stripes" / "stripes_000.png").read_bytes()
+    )
+    wait_for(lambda: "emitted edgepipe.data.updated" in log.read_text(), "the watcher's event", log)
     serve.create_run()
-    # A run in flight: ours, or the one serve's watcher started for images an earlier test added (the
-    # deployment runs one at a time, so ours would queue behind that one for a whole pipeline run).
+    # A run in flight: ours or the triggered one (the deployment runs one at a time).
     wait_for(lambda: serve.running_runs(), "a run to start", log)
     children = serve.descendants()
     os.kill(serve.process.pid, signal.SIGINT)
