@@ -30,7 +30,7 @@ serve: install
 # The README's test command and what CI runs: lint, then every test (the docs build is one of them).
 test: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n auto --dist loadgroup --no-loadscope-reorder -ra --durations=15
+	$(PY) -m pytest -n 3 --dist loadgroup --no-loadscope-reorder -ra --durations=15
 
 # The Ctrl-C-with-a-run-in-flight scenario of edgepipe serve, 10 times (every 2nd under CPU load).
 test-serve-stop: install

@@ -260,10 +260,10 @@ def prefect_api() -> str:
 # together instead of one starting the MobileNetV2 test as the other runs out of work.
 HEAVIEST_FIRST = [
     "trained-project",  # the session's trained project: test_faults.py and test_model_steps.py
-    "test_mobilenet_v2",
-    "test_serve_shutdown",
-    "test_serve_integration",
     "test_pipeline_flow",
+    "test_mobilenet_v2",
+    "test_serve_integration",
+    "test_serve_shutdown",
     "test_recipe",
     "test_transfer",
     "test_bad_input",
