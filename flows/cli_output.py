@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import TYPE_CHECKING
 
+import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from components.errors import EdgepipeError
 
 if TYPE_CHECKING:
     from components.results import RunResult
@@ -14,6 +19,23 @@ if TYPE_CHECKING:
 # Logs and CI have no terminal width; keep the results table readable there.
 console = Console(emoji=False) if sys.stdout.isatty() else Console(width=150, emoji=False)
 err_console = Console(stderr=True)
+
+
+def user_errors(command):
+    """A command whose EdgepipeError (a problem the user can fix) is printed without a traceback, exit 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EdgepipeError as exc:
+            # escape: a message quoting YAML or a path with [brackets] is text, not rich markup
+            err_console.print(
+                f"[bold red]edgepipe error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(2) from None
+
+    return wrapper
 
 
 def print_results(result: RunResult) -> None:
