@@ -14,6 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from components import dvc_child
 from components.atomic import read_json
 from components.config import Params
 from components.errors import EdgepipeError
@@ -57,9 +58,10 @@ def _unchanged_release(params: Params, root: Path, paths: ProjectPaths, push: bo
         return None  # the flow reports the failure again, in full
     # DVC (status, then the push) in a child process while this one imports MLflow and asks the registry:
     # each side is seconds of Python, so on two cores they overlap instead of adding up. "spawn": a fork
-    # of a process with threads (a test's, a served flow's) can deadlock; the child imports DVC only.
+    # of a process with threads (a test's, a served flow's) can deadlock; the child imports DVC only
+    # (components.dvc_child imports nothing at the top).
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        dvc_side = pool.submit(_dvc_side, root, push)
+        dvc_side = pool.submit(dvc_child.status_then_push, root, push)
         registration = _registered_release(params, root, paths)
         clean, pushed, push_error = dvc_side.result()
     if not clean or registration is None:
@@ -73,12 +75,6 @@ def _unchanged_release(params: Params, root: Path, paths: ProjectPaths, push: bo
         report_file=str(paths.report_file),
         data=read_json(paths.metrics_file("prepare")),
     )
-
-
-def _dvc_side(root: Path, push: bool) -> tuple[bool, int | None, EdgepipeError | None]:
-    from components.versioning import status_then_push  # DVC: imported in the child only
-
-    return status_then_push(root, push)
 
 
 def _registered_release(params: Params, root: Path, paths: ProjectPaths) -> Registration | None:
