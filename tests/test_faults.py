@@ -84,15 +84,13 @@ def cli_env(prefect_home: Path, tracking_uri: str, prefect_api: str | None = Non
     return env
 
 
-def start_cli(
-    root: Path, env: dict, name: str, prefix: tuple[str, ...] = ()
-) -> tuple[subprocess.Popen, Path, Path]:
+def start_cli(root: Path, env: dict, name: str) -> tuple[subprocess.Popen, Path, Path]:
     """`edgepipe run` in `root` (its own copy of the code, as `python -m` runs it from the project folder),
     in a new session so that it and everything it spawns can be killed as one process group."""
     out, err = root.parent / f"{name}.stdout", root.parent / f"{name}.stderr"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "flows.cli", "run"],
+            [sys.executable, "-m", "flows.cli", "run"],
             cwd=root,
             env=env,
             stdout=stdout,
@@ -113,9 +111,9 @@ def finish_cli(process: subprocess.Popen, out: Path, err: Path, started: float, 
     return CliRun(code, out.read_text(), err.read_text(), time.monotonic() - started)
 
 
-def run_cli(root: Path, env: dict, name: str, prefix: tuple[str, ...] = ()) -> CliRun:
+def run_cli(root: Path, env: dict, name: str) -> CliRun:
     started = time.monotonic()
-    return finish_cli(*start_cli(root, env, name, prefix), started)
+    return finish_cli(*start_cli(root, env, name), started)
 
 
 def as_an_ordinary_user() -> tuple[str, ...]:
@@ -588,38 +586,49 @@ def test_two_runs_started_at_once_serialise_and_release_once(faults_base, prefec
 # --- more of scenarios 2 and 1 ----------------------------------------------------------------------
 
 
-def test_a_remote_that_is_a_file_fails_the_push_with_a_clear_message(
-    remote_faults, prefect_home, prefect_api
-):
-    """Exit 2 with the remote's path named, as for a missing remote (DVC raises a bare NotADirectoryError
-    here; components.versioning.push turns it into a user error)."""
-    root = remote_faults.root
+# The remote's kind of failure (a file, no write permission) is in DVC's push; what `edgepipe run` does
+# with a failed push (exit 2, no retry, nothing registered or tagged) is checked above on a missing remote.
+# So these two call the push itself, as the flow's push task calls it, in a process of its own.
+PUSH = (
+    "import sys; from pathlib import Path; from components.errors import EdgepipeError; "
+    "from components.versioning import push\n"
+    "try:\n    push(Path('.'))\nexcept EdgepipeError as error:\n    print(error); sys.exit(2)"
+)
+
+
+def push_fails_and_keeps_everything(project, remote: Path, prefix: tuple[str, ...] = ()) -> str:
+    """Point the project's default remote at `remote`, push, and check that the push failed with a user
+    error and changed nothing: workspace, dvc.lock and cache agree, no version, no tag, the same commit."""
+    root = project.root
+    run([*DVC, "remote", "add", "--force", "--default", "local", str(remote)], root)
+    pushed = subprocess.run([*prefix, sys.executable, "-c", PUSH], cwd=root, capture_output=True, text=True)
+    assert pushed.returncode == 2, pushed.stdout + pushed.stderr[-3000:]
+    message = pushed.stdout.strip()
+    assert message.startswith("DVC push to remote") and "the local cache is intact, run again" in message
+    assert versioning.pipeline_status(root) == {}
+    assert missing_from_cache(root) == []
+    assert model_versions(project.uri) == [] and git_tags(root) == [] and git_head(root) == project.head
+    return message
+
+
+def test_a_remote_that_is_a_file_fails_the_push_with_a_clear_message(remote_faults):
+    """The remote's path named (DVC raises a bare NotADirectoryError here; components.versioning.push turns
+    it into a user error)."""
     not_a_dir = remote_faults.base / "not-a-dir"
     not_a_dir.write_text("a regular file where the remote folder should be\n")
-    run([*DVC, "remote", "add", "--force", "--default", "local", str(not_a_dir)], root)
-    result = run_cli(root, cli_env(prefect_home, remote_faults.uri, prefect_api), "run-remote-is-a-file")
-    note_run("2b DVC remote is a regular file", "run", result)
-    if result.code != 2:
-        tail = [line for line in result.stderr.splitlines() if line.strip()][-3:]
-        note("2b DVC remote is a regular file", "last stderr lines:\n\n```\n" + "\n".join(tail) + "\n```")
-    message = assert_push_failed_and_nothing_else_changed(remote_faults, result)
+    message = push_fails_and_keeps_everything(remote_faults, not_a_dir)
+    note("2b DVC remote is a regular file", f"the push said:\n\n```\n{message}\n```")
     assert str(not_a_dir) in message
 
 
-def test_a_remote_folder_without_write_permission_fails_the_push_with_a_clear_message(
-    remote_faults, prefect_home, prefect_api
-):
-    """A shared remote the user may read but not write (mode 555): exit 2 naming the remote, nothing
-    registered or tagged, the cache intact, nothing half-written in the remote."""
-    root = remote_faults.root
+def test_a_remote_folder_without_write_permission_fails_the_push_with_a_clear_message(remote_faults):
+    """A shared remote the user may read but not write (mode 555): the remote's path and the OS's
+    `Permission denied` named, nothing half-written in the remote."""
     read_only = remote_faults.base / "read-only-remote"
     read_only.mkdir()
     read_only.chmod(0o555)
-    run([*DVC, "remote", "add", "--force", "--default", "local", str(read_only)], root)
-    env = cli_env(prefect_home, remote_faults.uri, prefect_api)
-    result = run_cli(root, env, "run-remote-read-only", prefix=as_an_ordinary_user())
-    note_run("2c DVC remote not writable", "run", result)
-    message = assert_push_failed_and_nothing_else_changed(remote_faults, result)
+    message = push_fails_and_keeps_everything(remote_faults, read_only, prefix=as_an_ordinary_user())
+    note("2c DVC remote not writable", f"the push said:\n\n```\n{message}\n```")
     assert str(read_only) in message and "Permission denied" in message
     assert list(read_only.iterdir()) == []
 
