@@ -331,7 +331,7 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
     root = tmp_path / "gated"
     shutil.copytree(first_run["root"], root, symlinks=True)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params.setdefault("gates", {})["max_arena_bytes"] = 1000
+    params["gates"]["max_arena_bytes"] = 1000
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     client = MlflowClient(first_run["uri"])
     versions_before = client.search_model_versions("name = 'tiny-patterns'")
