@@ -87,20 +87,6 @@ def push(root: Path, remote: str | None = None) -> int:
             ) from None
 
 
-def status_then_push(root: Path, and_push: bool) -> tuple[bool, int | None, EdgepipeError | None]:
-    """Whether `dvc status` is clean (the data and every stage as dvc.lock records them) and, when it is
-    and `and_push`, how many files `dvc push` sent (what the remote lacked) or the push's error, returned for
-    the caller to raise only if it acts on this answer (components.up_to_date)."""
-    if pipeline_status(root):
-        return False, None, None
-    if not and_push:
-        return True, None, None
-    try:
-        return True, push(root), None
-    except EdgepipeError as error:
-        return True, None, error
-
-
 def data_md5(data_dir: Path) -> str:
     """The md5 `dvc add` recorded for the data folder (`<folder>.dvc`): the dataset's version."""
     dvc_file = Path(f"{data_dir}.dvc")
