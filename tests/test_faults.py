@@ -416,18 +416,24 @@ def remote_faults(outage, faults_base):
 
 
 def assert_push_failed_and_nothing_else_changed(project, result: CliRun) -> str:
-    root = project.root
     assert result.code == 2, result.stderr[-3000:]
     message = user_error(result.stderr)
     assert message.startswith("edgepipe error: DVC push to remote"), result.stderr[-3000:]
     assert "the local cache is intact, run again" in message
-    assert versioning.pipeline_status(root) == {}  # workspace, dvc.lock and cache agree
+    assert "Task run 'register-" not in result.stderr  # never got that far
+    assert_nothing_else_changed(project)
+    return message
+
+
+def assert_nothing_else_changed(project) -> None:
+    """After a failed push: workspace, dvc.lock and cache agree, every step still recorded, nothing
+    registered, no tag, the same commit."""
+    root = project.root
+    assert versioning.pipeline_status(root) == {}
     assert missing_from_cache(root) == []
     assert set(locked_stages(root)) == set(ALL_STAGES)
-    assert "Task run 'register-" not in result.stderr  # never got that far
     assert model_versions(project.uri) == [] and MlflowClient(project.uri).search_registered_models() == []
     assert git_tags(root) == [] and git_head(root) == project.head
-    return message
 
 
 def test_no_dvc_remote_fails_the_push_and_keeps_the_cache(remote_faults, prefect_home, prefect_api):
@@ -598,16 +604,14 @@ PUSH = (
 
 def push_fails_and_keeps_everything(project, remote: Path, prefix: tuple[str, ...] = ()) -> str:
     """Point the project's default remote at `remote`, push, and check that the push failed with a user
-    error and changed nothing: workspace, dvc.lock and cache agree, no version, no tag, the same commit."""
+    error and changed nothing else."""
     root = project.root
     run([*DVC, "remote", "add", "--force", "--default", "local", str(remote)], root)
     pushed = subprocess.run([*prefix, sys.executable, "-c", PUSH], cwd=root, capture_output=True, text=True)
     assert pushed.returncode == 2, pushed.stdout + pushed.stderr[-3000:]
     message = pushed.stdout.strip()
     assert message.startswith("DVC push to remote") and "the local cache is intact, run again" in message
-    assert versioning.pipeline_status(root) == {}
-    assert missing_from_cache(root) == []
-    assert model_versions(project.uri) == [] and git_tags(root) == [] and git_head(root) == project.head
+    assert_nothing_else_changed(project)
     return message
 
 
