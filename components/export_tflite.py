@@ -2,7 +2,7 @@
 full-int8 PTQ from the unpruned float model (the baseline), full-int8 from the pruning-preserving QAT model.
 
 Labels, input shape and normalisation are embedded in each file as TFLite metadata named "edgepipe"
-(read them back with `read_tflite_metadata`).
+(read them back with `components.tflite_metadata.read_tflite_metadata`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from components.atomic import atomic_path, write_json
 from components.config import ExportConfig, Params
 from components.dataset import load_split, read_dataset_info
 from components.formats import ExportFormat, by_container
+from components.keras2 import without_keras3
 from components.model import load_model
 from components.paths import ProjectPaths
 from components.qat import load_qat_model
+from components.tflite_metadata import METADATA_NAME
 
 log = logging.getLogger(__name__)
-
-METADATA_NAME = "edgepipe"
 
 
 def convert(model: tf.keras.Model, options: dict | str, representative: np.ndarray | None = None) -> bytes:
@@ -39,7 +39,7 @@ def convert(model: tf.keras.Model, options: dict | str, representative: np.ndarr
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     for key, value in options.items():
         _set_option(converter, key, value, representative)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), without_keras3():  # a tf-keras model: no Keras 3 import to check that
         # int8 input with a representative dataset: the converter derives the input scale itself
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
         return converter.convert()
@@ -73,15 +73,6 @@ def embed_metadata(model_bytes: bytes, metadata: dict) -> bytes:
     entry.buffer = len(model.buffers) - 1
     model.metadata = [*(model.metadata or []), entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def read_tflite_metadata(path: Path) -> dict:
-    model = flatbuffer_utils.read_model(str(path))
-    for entry in model.metadata or []:
-        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-        if name == METADATA_NAME:
-            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
-    return {}
 
 
 def representative_samples(prepared_dir: Path, count: int) -> np.ndarray:

@@ -20,11 +20,11 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 from components.atomic import atomic_path, write_json
 from components.config import Params
 from components.errors import EdgepipeError
-from components.export_tflite import read_tflite_metadata
 from components.formats import RELEASE_FORMAT, get_format
 from components.mcu_files import package_files
 from components.paths import ProjectPaths
 from components.runtimes import tflm_arena_bytes, tflm_reported_arena_bytes
+from components.tflite_metadata import read_tflite_metadata
 
 _OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
 _INT_TYPES = {schema.TensorType.INT8: np.int8, schema.TensorType.UINT8: np.uint8}

@@ -6,11 +6,10 @@ import logging
 import math
 from pathlib import Path
 
-import tensorflow_model_optimization as tfmot
-
 from components.atomic import write_json
 from components.config import Params, PruneConfig
 from components.dataset import load_split
+from components.keras2 import tfmot
 from components.model import fit_classifier, load_model, save_model, seed_everything, sparsity, write_history
 from components.paths import ProjectPaths
 

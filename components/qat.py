@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import tensorflow_model_optimization as tfmot
-
 from components.atomic import atomic_path, write_json
 from components.config import Params, QatConfig
 from components.dataset import load_split
+from components.keras2 import tfmot
 from components.model import fit_classifier, load_model, seed_everything, sparsity, write_history
 from components.paths import ProjectPaths
 

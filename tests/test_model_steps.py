@@ -14,7 +14,6 @@ from components.atomic import read_json
 from components.config import GatesConfig, Params
 from components.dataset import load_split, read_dataset_info
 from components.export_onnx import to_onnx
-from components.export_tflite import read_tflite_metadata
 from components.formats import FORMATS, RELEASE_FORMAT, get_format
 from components.gates import gate_failures, grouped_failures
 from components.model import load_model, save_model, sparsity
@@ -22,6 +21,7 @@ from components.paths import ProjectPaths
 from components.qat import load_qat_model
 from components.results import Artifact, Cell, ValidationReport
 from components.runtimes import open_runner
+from components.tflite_metadata import read_tflite_metadata
 from conftest import TINY_PARAMS
 
 pytestmark = pytest.mark.slow

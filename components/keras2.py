@@ -1,0 +1,38 @@
+"""tf-keras (Keras 2) only: tensorflow-model-optimization imported, and models converted, without loading
+Keras 3.
+
+TensorFlow installs Keras 3, which edgepipe never uses (TF_USE_LEGACY_KERAS: tf.keras is tf-keras). Two
+places still `import keras` only to learn that a model is not a Keras 3 one: tfmot's pruning registry
+(`from keras.src.engine import base_layer`, which fails on Keras 3 and leaves `base_layer` None) and the
+TFLite converter's `_is_keras_3()` check. Each import of Keras 3 costs about 5 s of CPU. With `keras` marked
+as not importable for those moments the same ImportError comes at once and both end in the state they
+reach with Keras 3 loaded; outside them Keras 3 stays importable for anything that asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+import tensorflow  # noqa: F401  (tfmot's import reads TF_USE_LEGACY_KERAS through TensorFlow)
+
+
+@contextlib.contextmanager
+def without_keras3() -> Iterator[None]:
+    """`import keras` raises ImportError inside the block, unless Keras 3 is loaded already."""
+    if "keras" in sys.modules:
+        yield
+        return
+    sys.modules["keras"] = None  # type: ignore[assignment]  (None: Python's "not importable" marker)
+    try:
+        yield
+    finally:
+        if sys.modules.get("keras") is None:
+            del sys.modules["keras"]
+
+
+with without_keras3():
+    import tensorflow_model_optimization as tfmot
+
+__all__ = ["tfmot", "without_keras3"]
