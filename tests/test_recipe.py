@@ -193,6 +193,10 @@ def colour_release(tmp_path_factory, prefect_api):
 def test_default_params_learn_a_colour_folder_and_release_it(colour_release):
     result = colour_release["result"]
     report = result.report
+    print(
+        f"\ncolour folder, shipped params: float {report.float_accuracy:.3f}, "
+        f"int8 LiteRT {report.accuracy('tflite_int8', 'litert'):.3f}"
+    )
     assert result.data["image_channels"] == 3 and result.data["image_height"] == 48
     assert report.float_accuracy >= 0.9, report.float_accuracy
     assert report.accuracy("tflite_int8", "litert") >= report.float_accuracy - 0.03

@@ -1,7 +1,8 @@
 """`edgepipe serve` stops, whatever way it is told to: Ctrl-C or SIGTERM with a pipeline run in flight and
 another queued (repeated, and under CPU load from a parallel process, so a timing-dependent hang shows here),
-a second Ctrl-C, SIGKILL of serve itself (no server survives it), and a stale server of the project left
-behind (the next serve clears it). The Prefect UI is told the API URL of the port the server really has.
+a second Ctrl-C, SIGKILL of serve (a server whose supervisor lives does not survive it), and a stale server
+of the project left behind (the next serve clears it). The Prefect UI is told the API URL of the port the
+server really has.
 
 SERVE_STOP_REPEATS (default 1, under CPU load) sets how many times the Ctrl-C scenario runs; `make
 test-serve-stop` runs it 10 times, every 2nd under load."""
@@ -235,31 +236,32 @@ def test_a_second_ctrl_c_kills_everything_at_once_and_says_what_was_left(project
     assert not any(listening(port) for port in serve.ports)
 
 
-def test_sigkill_of_serve_leaves_no_process_and_the_next_serve_clears_a_stale_server_and_stops_on_sigterm(
+def test_sigkill_of_serve_stops_supervised_servers_and_the_next_serve_clears_a_stale_one_and_stops_on_sigterm(
     project, tmp_path
 ):
-    serve = Serve(project, tmp_path / "serve.log")
-    children = serve.descendants()
-    os.kill(serve.process.pid, signal.SIGKILL)
-    serve.process.wait(timeout=10)
-    _, alive = psutil.wait_procs(children, timeout=BOUND)
-    assert not alive, [p.cmdline() for p in alive]
-    assert not any(listening(port) for port in serve.ports)
-
-    # A harder death: serve and the servers' supervisors killed together (e.g. `kill -9` of each) leaves
-    # the servers themselves orphaned. The next serve, on the same ports, finds and stops them.
+    """`kill -9` of serve together with the Prefect server's supervisor: the MLflow server's supervisor sees
+    serve die and stops its whole tree; the Prefect server, its supervisor gone, is orphaned, as after a
+    `kill -9` of each. The next serve, on the same ports, finds that stale server and stops it."""
     first = Serve(project, tmp_path / "first.log")
-    supervisors = [p for p in first.descendants() if "flows.supervisor" in " ".join(p.cmdline())]
-    assert len(supervisors) == 2
-    for proc in [psutil.Process(first.process.pid), *supervisors]:
+    supervisors = {
+        ("prefect" if any(Path(arg).name == "prefect" for arg in p.cmdline()) else "mlflow"): p
+        for p in first.descendants()
+        if "flows.supervisor" in p.cmdline()
+    }
+    assert supervisors.keys() == {"prefect", "mlflow"}, supervisors
+    mlflow_tree = [supervisors["mlflow"], *supervisors["mlflow"].children(recursive=True)]
+    for proc in (supervisors["prefect"], psutil.Process(first.process.pid)):
         proc.kill()
     first.process.wait(timeout=10)
-    time.sleep(1)
-    assert any(listening(port) for port in first.ports)  # orphaned servers still hold the ports
+    _, alive = psutil.wait_procs(mlflow_tree, timeout=BOUND)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not listening(first.ports[1])  # the supervised MLflow server went with serve
+    assert listening(first.ports[0])  # the orphaned Prefect server still holds its port
+
     second = Serve(project, tmp_path / "second.log", ports=first.ports)
     text = second.log.read_text()
-    assert "Stopped a stale prefect server on port" in text
-    assert "Stopped a stale mlflow server on port" in text
+    assert f"Stopped a stale prefect server on port {first.ports[0]}" in text
+    assert "stale mlflow server" not in text  # it was stopped already: nothing to clear
     # and SIGTERM (what `docker stop` and systemd send) stops it as Ctrl-C does
     took = stop_and_check(second, signal.SIGTERM, [])
     assert not processes_of(project), [p.cmdline() for p in processes_of(project)]
