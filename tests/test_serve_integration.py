@@ -2,7 +2,7 @@
 free 127.0.0.1 ports, the served deployment, new images added with `edgepipe data add` (which emits the
 new-data event), the run that event triggers, the release it makes (MLflow version + alias + tags, git tag,
 `dvc pull` of the tag in a fresh clone, equal sha256, `edgepipe verify-release`), one run fired by the
-cron schedule, and Ctrl-C removing the automation and stopping both servers."""
+cron schedule, and SIGTERM removing the automation and stopping both servers."""
 
 from __future__ import annotations
 
@@ -276,14 +276,16 @@ def test_the_same_deployment_runs_on_a_process_work_pool(served, triggered):
     print(f"\nwork pool test-pool: run {final['name']} {final['state_type']} (worker --run-once)")
 
 
-def test_ctrl_c_stops_both_servers_and_removes_the_automation(served, triggered):
+def test_sigterm_stops_both_servers_and_removes_the_automation(served, triggered):
+    """SIGTERM (what `docker stop` and systemd send) stops serve as Ctrl-C does (Ctrl-C with runs in flight:
+    tests/test_serve_shutdown.py)."""
     with urllib.request.urlopen(
         f"{served['prefect_api']}/deployments/name/edgepipe/edgepipe", timeout=30
     ) as r:
         served_id = json.loads(r.read())["id"]
     process = served["process"]
-    os.kill(process.pid, signal.SIGINT)
-    process.wait(timeout=120)
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
     log = served["log"].read_text()
     assert "Paused the deployment. Removed 1 automation(s) of the served deployment" in log, log[-3000:]
     assert "Stopped prefect server and mlflow server" in log

@@ -1,7 +1,8 @@
-"""`edgepipe serve` stops, whatever way it is told to: Ctrl-C or SIGTERM with a pipeline run in flight and
-another queued (repeated, and under CPU load from a parallel process, so a timing-dependent hang shows here),
-a second Ctrl-C, SIGKILL of serve (a server whose supervisor lives does not survive it), and a stale server
-of the project left behind (the next serve clears it). The Prefect UI is told the API URL of the port the
+"""`edgepipe serve` stops, whatever way it is told to: Ctrl-C with a pipeline run in flight and another
+queued (repeated, and under CPU load from a parallel process, so a timing-dependent hang shows here), a
+second Ctrl-C, SIGKILL of serve (a server whose supervisor lives does not survive it), and a stale server
+of the project left behind (the next serve clears it). SIGTERM: tests/test_serve_integration.py stops its
+serve that way. The Prefect UI is told the API URL of the port the
 server really has.
 
 SERVE_STOP_REPEATS (default 1, under CPU load) sets how many times the Ctrl-C scenario runs; `make
@@ -212,36 +213,13 @@ def test_ctrl_c_with_a_run_in_flight_and_one_queued_stops_everything_in_bounded_
     )
 
 
-def test_a_second_ctrl_c_kills_everything_at_once_and_says_what_was_left(project, tmp_path):
-    log = tmp_path / "serve.log"
-    serve = Serve(project, log)
-    # New images: serve's watcher announces them, and the deployment's trigger starts a run for them.
-    (project / "data" / "raw" / "stripes" / "watched.png").write_bytes(
-        (project / "data" / "raw" / "stripes" / "stripes_000.png").read_bytes()
-    )
-    wait_for(lambda: "emitted edgepipe.data.updated" in log.read_text(), "the watcher's event", log)
-    serve.create_run()
-    # A run in flight: ours or the triggered one (the deployment runs one at a time).
-    wait_for(lambda: serve.running_runs(), "a run to start", log)
-    children = serve.descendants()
-    os.kill(serve.process.pid, signal.SIGINT)
-    time.sleep(0.3)
-    os.kill(serve.process.pid, signal.SIGINT)
-    code = serve.process.wait(timeout=20)
-    assert code == 130
-    text = log.read_text()
-    assert "second SIGINT: killed all its processes. Not cleaned up:" in text
-    _, alive = psutil.wait_procs(children, timeout=5)
-    assert not alive
-    assert not any(listening(port) for port in serve.ports)
-
-
-def test_sigkill_of_serve_stops_supervised_servers_and_the_next_serve_clears_a_stale_one_and_stops_on_sigterm(
+def test_sigkill_of_serve_then_a_stale_server_cleared_then_a_second_ctrl_c_kills_everything(
     project, tmp_path
 ):
     """`kill -9` of serve together with the Prefect server's supervisor: the MLflow server's supervisor sees
     serve die and stops its whole tree; the Prefect server, its supervisor gone, is orphaned, as after a
-    `kill -9` of each. The next serve, on the same ports, finds that stale server and stops it."""
+    `kill -9` of each. The next serve, on the same ports, finds that stale server and stops it. That serve,
+    with a run in flight, is then given a second Ctrl-C while it stops: it kills everything at once."""
     first = Serve(project, tmp_path / "first.log")
     supervisors = {
         ("prefect" if any(Path(arg).name == "prefect" for arg in p.cmdline()) else "mlflow"): p
@@ -262,10 +240,27 @@ def test_sigkill_of_serve_stops_supervised_servers_and_the_next_serve_clears_a_s
     text = second.log.read_text()
     assert f"Stopped a stale prefect server on port {first.ports[0]}" in text
     assert "stale mlflow server" not in text  # it was stopped already: nothing to clear
-    # and SIGTERM (what `docker stop` and systemd send) stops it as Ctrl-C does
-    took = stop_and_check(second, signal.SIGTERM, [])
+
+    # New images: serve's watcher announces them, and the deployment's trigger starts a run for them.
+    (project / "data" / "raw" / "stripes" / "watched.png").write_bytes(
+        (project / "data" / "raw" / "stripes" / "stripes_000.png").read_bytes()
+    )
+    wait_for(
+        lambda: "emitted edgepipe.data.updated" in second.log.read_text(), "the watcher's event", second.log
+    )
+    second.create_run()
+    # A run in flight: ours or the triggered one (the deployment runs one at a time).
+    wait_for(lambda: second.running_runs(), "a run to start", second.log)
+    children = second.descendants()
+    os.kill(second.process.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.kill(second.process.pid, signal.SIGINT)
+    assert second.process.wait(timeout=20) == 130
+    assert "second SIGINT: killed all its processes. Not cleaned up:" in second.log.read_text()
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, [p.pid for p in alive]
+    assert not any(listening(port) for port in second.ports)
     assert not processes_of(project), [p.cmdline() for p in processes_of(project)]
-    print(f"\nSIGTERM: stopped in {took:.1f} s")
 
 
 def test_a_busy_port_is_a_clear_error(project, tmp_path):
