@@ -14,9 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from components.atomic import read_json
 from components.code_deps import code_dependencies
 from components.config import Params
+from components.errors import EdgepipeError
 from components.formats import RELEASE_FORMAT, by_container, get_format
 from components.hashing import file_digest
 from components.paths import ProjectPaths
@@ -80,8 +83,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "prepare",
         "components.prepare",
-        ("data", "model"),  # model.architecture decides an `auto` input size (DVC needs the key written;
-        # a whole section may be left out of params.yaml, a key in it may not)
+        ("data", "model"),  # model.architecture decides an `auto` input size (DVC needs every section a
+        # stage reads written in params.yaml: check_params_sections)
         deps=lambda p: (Path(RAW_DATA_DEP),),
         outs=lambda p: (p.prepared_dir,),
         metrics=lambda p: p.metrics_file("prepare"),
@@ -209,3 +212,24 @@ def dvc_yaml(paths: ProjectPaths) -> dict:
             entry["plots"] = [{paths.rel(f): {"cache": False, **props}} for f, props in plots]
         stages[stage.name] = entry
     return {"stages": stages}
+
+
+def check_params_sections(params_file: Path) -> None:
+    """Every params.yaml section a stage reads is written in the file. DVC records those sections (dvc.yaml
+    `params:`) and stops with MissingParamsError when one is absent, which it finds only when it records the
+    stage, after the stage ran; pydantic's defaults would have let the run start. Checked before anything
+    runs: the message names each missing section, the stages that read it, and its defaults to paste."""
+    raw = yaml.safe_load(Path(params_file).read_text()) or {}
+    readers: dict[str, list[str]] = {}
+    for stage in STAGES:
+        for section in stage.params:
+            readers.setdefault(section, []).append(stage.name)
+    missing = [section for section in readers if section not in raw]
+    if not missing:
+        return
+    needed = "; ".join(f"{section} (read by {', '.join(readers[section])})" for section in missing)
+    defaults = yaml.safe_dump(Params().model_dump(mode="json", include=set(missing)), sort_keys=False)
+    raise EdgepipeError(
+        f"{params_file}: missing section(s) {needed}. DVC records every section a step reads, so each "
+        f"must be written in the file. Nothing ran. Add these (the defaults) and run again:\n\n{defaults}"
+    )

@@ -35,11 +35,13 @@ def run(
     from components.image_folder import quick_check
     from components.paths import ProjectPaths
     from components.pretrained import weights_file
+    from components.stages import check_params_sections
     from components.up_to_date import unchanged_release
 
     # What can be checked in seconds fails before Prefect starts: the params and weights files, the data.
     root = project_dir.resolve()
     config = load_params(project_dir / params)
+    check_params_sections(project_dir / params)
     weights_file(config.model, config.data.image, root)
     result = unchanged_release(config, root, push)
     if result is not None:

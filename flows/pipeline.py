@@ -29,7 +29,7 @@ from components.pretrained import weights_file
 from components.registry import Registration, tracking_uri
 from components.release import release
 from components.results import RunResult, ValidationReport
-from components.stages import STAGES, get_stage
+from components.stages import STAGES, check_params_sections, get_stage
 from components.tracking import PipelineRun, identity_tags
 from flows.orchestration import task_runner_map
 
@@ -125,6 +125,7 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
     root = Path(project_dir).resolve()
     params_file = root / params_path
     params = load_params(params_file)
+    check_params_sections(params_file)  # runs started by a schedule, an event or a worker
     paths = ProjectPaths(root)
 
     def waiting(lock_file: str) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from components.config import DataConfig, Params, load_params
@@ -410,6 +411,19 @@ def test_bad_params(case: ConfigCase, tmp_path):
         assert fragment in message
 
 
+def test_the_missing_sections_message_holds_defaults_that_complete_the_file(tmp_path):
+    from components.stages import check_params_sections
+
+    path = tmp_path / "params.yaml"
+    path.write_text("model:\n  name: mine\n")  # valid for pydantic; DVC needs the sections stages read
+    with pytest.raises(EdgepipeError) as info:
+        check_params_sections(path)
+    pasted = str(info.value).split("run again:\n\n", 1)[1]
+    path.write_text(path.read_text() + pasted)
+    check_params_sections(path)  # complete now
+    assert load_params(path) == Params.model_validate({"model": {"name": "mine"}})  # the defaults, unchanged
+
+
 # --- through `edgepipe run`, as a user runs it ------------------------------------------------------------
 
 
@@ -420,6 +434,12 @@ class CliCase:
     message: tuple[str, ...]  # fragments of what follows "edgepipe error:" on stderr
     starts_prefect: bool  # False: refused before Prefect's temporary server starts
     env: dict[str, str] = field(default_factory=dict)
+
+
+def without_section(params_file: Path, section: str) -> None:
+    params = yaml.safe_load(params_file.read_text())
+    del params[section]
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 IMAGENET_0_35_96 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5"
@@ -437,6 +457,17 @@ CLI_CASES = [
         "invalid-yaml-params",
         lambda root: (root / "params.yaml").write_text("train: [epochs: 3\n"),
         ("params.yaml: not valid YAML:", "train: [epochs: 3", "expected ',' or ']'"),
+        starts_prefect=False,
+    ),
+    CliCase(
+        "params-section-missing",  # valid for pydantic (the defaults), but DVC records the section
+        lambda root: without_section(root / "params.yaml", "gates"),
+        (
+            "params.yaml: missing section(s) gates (read by validate).",
+            "DVC records every section a step reads",
+            "Nothing ran. Add these (the defaults) and run again:",
+            "gates:\n  max_accuracy_drop:\n    default: 0.05",
+        ),
         starts_prefect=False,
     ),
     CliCase(
