@@ -2,8 +2,7 @@
 queued (repeated, and under CPU load from a parallel process, so a timing-dependent hang shows here), a
 second Ctrl-C, SIGKILL of serve (a server whose supervisor lives does not survive it), and a stale server
 of the project left behind (the next serve clears it). SIGTERM: tests/test_serve_integration.py stops its
-serve that way. The Prefect UI is told the API URL of the port the
-server really has.
+serve that way. The Prefect UI is told the API URL of the port the server really has.
 
 SERVE_STOP_REPEATS (default 1, under CPU load) sets how many times the Ctrl-C scenario runs; `make
 test-serve-stop` runs it 10 times, every 2nd under load."""
@@ -127,12 +126,13 @@ def busy(seconds: float) -> None:
         pass
 
 
-def stop_and_check(serve: Serve, sig: int, runs: list[str]) -> float:
-    """Send `sig`; serve must exit 0 within the bound, leaving no process, port, automation or open run."""
+def ctrl_c_and_check(serve: Serve) -> float:
+    """Ctrl-C (SIGINT); serve must exit 0 within the bound, leaving no process, port, automation or open
+    run."""
     children = serve.descendants()
     assert children, "serve started no process"
     sent = time.monotonic()
-    os.kill(serve.process.pid, sig)
+    os.kill(serve.process.pid, signal.SIGINT)
     code = serve.process.wait(timeout=BOUND + 15)
     took = time.monotonic() - sent
     log = serve.log.read_text()
@@ -194,7 +194,7 @@ def test_ctrl_c_with_a_run_in_flight_and_one_queued_stops_everything_in_bounded_
             (project / "data" / "raw" / "bars" / "bars_000.png").read_bytes()
         )
         try:
-            times.append(stop_and_check(serve, signal.SIGINT, [in_flight["id"], queued["id"]]))
+            times.append(ctrl_c_and_check(serve))
         finally:
             for proc in load or []:
                 proc.terminate()
