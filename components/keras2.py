@@ -1,12 +1,12 @@
-"""tf-keras (Keras 2) only: tensorflow-model-optimization imported, and models converted, without loading
-Keras 3.
+"""tf-keras (Keras 2) only: tensorflow-model-optimization imported without loading Keras 3.
 
-TensorFlow installs Keras 3, which edgepipe never uses (TF_USE_LEGACY_KERAS: tf.keras is tf-keras). Two
-places still `import keras` only to learn that a model is not a Keras 3 one: tfmot's pruning registry
-(`from keras.src.engine import base_layer`, which fails on Keras 3 and leaves `base_layer` None) and the
-TFLite converter's `_is_keras_3()` check. Each import of Keras 3 costs about 5 s of CPU. With `keras` marked
-as not importable for those moments the same ImportError comes at once and both end in the state they
-reach with Keras 3 loaded; outside them Keras 3 stays importable for anything that asks for it.
+TensorFlow installs Keras 3, which edgepipe never uses (TF_USE_LEGACY_KERAS: tf.keras is tf-keras). tfmot's
+pruning registry still runs `from keras.src.engine import base_layer` only to learn that models are not Keras
+3 ones (it fails on Keras 3 and leaves `base_layer` None); the import of Keras 3 costs about 5 s of CPU. With
+`keras` marked as not importable for that moment the same ImportError comes at once and tfmot ends in the
+state it reaches with Keras 3 loaded; outside it Keras 3 stays importable for anything that asks for it.
+(The TFLite converter's own Keras 3 check is not reached: components.export_tflite converts a concrete
+function, not a Keras model.)
 """
 
 from __future__ import annotations

@@ -6,12 +6,14 @@ reached by `prune` survives into the int8 model.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 from components.atomic import atomic_path, write_json
 from components.config import Params, QatConfig
 from components.dataset import load_split
+from components.hashing import file_digest
 from components.keras2 import tfmot
 from components.model import fit_classifier, load_model, seed_everything, sparsity, write_history
 from components.paths import ProjectPaths
@@ -29,8 +31,16 @@ def quantization_aware(pruned: object) -> object:
 def load_qat_model(pruned_model: Path, qat_weights: Path) -> object:
     """The fine-tuned QAT model: the PQAT wrapping of the pruned model with the saved weights.
 
-    Only weights are saved because tf-keras cannot reload a quantize-wrapped .keras file.
+    Only weights are saved because tf-keras cannot reload a quantize-wrapped .keras file, and wrapping
+    is slow (tfmot clones the model four times: 18 s for MobileNetV2), so the model of the last pair of
+    files is kept for the process: export_tflite and validate, run in one flow, build it once. The key
+    is the files' content, so a file written again is read again.
     """
+    return _qat_model(pruned_model, qat_weights, file_digest(pruned_model), file_digest(qat_weights))
+
+
+@functools.lru_cache(maxsize=1)
+def _qat_model(pruned_model: Path, qat_weights: Path, pruned_sha256: str, weights_sha256: str) -> object:
     model = quantization_aware(load_model(pruned_model))
     model.load_weights(qat_weights)
     return model
