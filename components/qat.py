@@ -6,7 +6,6 @@ reached by `prune` survives into the int8 model.
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
@@ -32,18 +31,24 @@ def load_qat_model(pruned_model: Path, qat_weights: Path) -> object:
     """The fine-tuned QAT model: the PQAT wrapping of the pruned model with the saved weights.
 
     Only weights are saved because tf-keras cannot reload a quantize-wrapped .keras file, and wrapping
-    is slow (tfmot clones the model four times: 18 s for MobileNetV2), so the model of the last pair of
-    files is kept for the process: export_tflite and validate, run in one flow, build it once. The key
-    is the files' content, so a file written again is read again.
+    is slow (tfmot clones the model four times: 18 s for MobileNetV2), so the process keeps the model of
+    the last pair of files: in one flow, export_tflite and validate use the model the qat step trained.
+    The key is the files' content, so a file written again is read again.
     """
-    return _qat_model(pruned_model, qat_weights, file_digest(pruned_model), file_digest(qat_weights))
+    key = (file_digest(pruned_model), file_digest(qat_weights))
+    if key not in _KEPT:
+        model = quantization_aware(load_model(pruned_model))
+        model.load_weights(qat_weights)
+        _keep(key, model)
+    return _KEPT[key]
 
 
-@functools.lru_cache(maxsize=1)
-def _qat_model(pruned_model: Path, qat_weights: Path, pruned_sha256: str, weights_sha256: str) -> object:
-    model = quantization_aware(load_model(pruned_model))
-    model.load_weights(qat_weights)
-    return model
+_KEPT: dict[tuple[str, str], object] = {}  # {(pruned sha256, weights sha256): QAT model}, at most one
+
+
+def _keep(key: tuple[str, str], model: object) -> None:
+    _KEPT.clear()
+    _KEPT[key] = model
 
 
 def qat(
@@ -72,6 +77,7 @@ def qat(
     }
     with atomic_path(weights_out) as tmp:
         model.save_weights(tmp)
+    _keep((file_digest(pruned_model), file_digest(weights_out)), model)  # these weights, in memory
     write_history(history_out, history.history)
     write_json(metrics_out, metrics)
     log.info("quantization-aware fine-tuning: %s", metrics)
