@@ -99,6 +99,24 @@ def test_prune_keeps_sparsity_after_qat(project):
     assert results["qat"]["sparsity"] == pytest.approx(sparsity(qat_model))
 
 
+def test_the_qat_model_is_kept_for_the_same_files_and_rebuilt_when_a_file_changes(project, tmp_path):
+    """export_tflite and validate share one QAT model per process (components.qat): kept by the files'
+    content, so weights written again are read again."""
+    from components.qat import quantization_aware
+
+    _, paths, _ = project
+    kept = load_qat_model(paths.pruned_model, paths.qat_weights)
+    assert load_qat_model(paths.pruned_model, paths.qat_weights) is kept
+    other = quantization_aware(load_model(paths.pruned_model))
+    other.load_weights(paths.qat_weights)
+    index, layer = next((i, layer) for i, layer in enumerate(other.layers) if layer.get_weights())
+    layer.set_weights([w + 1.0 for w in layer.get_weights()])
+    other.save_weights(tmp_path / "qat.weights.h5")
+    rebuilt = load_qat_model(paths.pruned_model, tmp_path / "qat.weights.h5")
+    assert rebuilt is not kept
+    np.testing.assert_array_equal(rebuilt.layers[index].get_weights()[0], layer.get_weights()[0])
+
+
 def test_int8_file_keeps_the_zeros(project):
     """The pruned zeros survive quantisation: the int8 conv/dense weight tensors are about half zeros."""
     from ai_edge_litert.interpreter import Interpreter
@@ -207,6 +225,13 @@ def test_int8_tflite_has_int8_input_and_output(project):
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
     assert list(interpreter.get_input_details()[0]["shape"]) == [1, 16, 16, 1]
+    assert list(interpreter.get_input_details()[0]["shape_signature"]) == [-1, 16, 16, 1]  # any batch
+    # converted from a concrete function, named as the Keras model it came from names its input and output
+    qat_model = load_qat_model(paths.pruned_model, paths.qat_weights)
+    assert interpreter.get_signature_list() == {
+        "serving_default": {"inputs": ["image"], "outputs": qat_model.output_names}
+    }
+    assert qat_model.output_names == ["quant_logits"]  # tfmot's prefix on the logits layer
 
 
 def test_validate_reports_every_cell_and_passes_the_gates(project):
