@@ -13,6 +13,7 @@ import logging
 import threading
 from pathlib import Path
 
+from prefect import Flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger, emit_event
@@ -21,7 +22,6 @@ from prefect.schedules import Cron
 from components.config import Params
 from components.datawatch import DATA_EVENT, DataChange, DataWatch, dataset_resource_id
 from components.errors import EdgepipeError
-from flows.pipeline import pipeline
 
 log = logging.getLogger("edgepipe.serve")
 
@@ -78,6 +78,8 @@ def deployment_options(params: Params, root: Path, params_path: str = "params.ya
 
 def build_deployment(params: Params, root: Path, params_path: str = "params.yaml"):
     """The deployment `edgepipe serve` runs in its own process."""
+    from flows.pipeline import pipeline  # here: `edgepipe data add` announces data without loading MLflow
+
     return pipeline.to_deployment(**deployment_options(params, root, params_path))
 
 
@@ -127,6 +129,6 @@ def deploy_to_pool(
     """Register the deployment on a work pool (process here; docker/kubernetes pools by configuration):
     a worker started with `prefect worker start --pool <pool>` runs it from the project folder."""
     root = Path(root).resolve()
-    source_flow = pipeline.from_source(source=str(root), entrypoint="flows/pipeline.py:pipeline")
+    source_flow = Flow.from_source(source=str(root), entrypoint="flows/pipeline.py:pipeline")
     options = {**deployment_options(params, root, params_path), "name": name}
     return source_flow.deploy(work_pool_name=pool, build=False, push=False, print_next_steps=False, **options)
