@@ -46,7 +46,7 @@ def convert(model: tf.keras.Model, options: dict | str, representative: np.ndarr
 
 def _inference_function(model: tf.keras.Model):
     """The model's inference call as one concrete function, its input and output named as the Keras model
-    names them (the .tflite signature then reads `input_1` -> `logits`, as `from_keras_model` wrote it)."""
+    names them: the .tflite signature reads e.g. `image` -> `logits`, as `from_keras_model` wrote it."""
     name = model.inputs[0].name.split(":")[0]
     spec = tf.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype, name=name)
     infer = tf.function(lambda x: {model.output_names[0]: model(x, training=False)})

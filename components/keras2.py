@@ -19,7 +19,7 @@ import tensorflow  # noqa: F401  (tfmot's import reads TF_USE_LEGACY_KERAS throu
 
 
 @contextlib.contextmanager
-def without_keras3() -> Iterator[None]:
+def _without_keras3() -> Iterator[None]:
     """`import keras` raises ImportError inside the block, unless Keras 3 is loaded already."""
     if "keras" in sys.modules:
         yield
@@ -32,7 +32,7 @@ def without_keras3() -> Iterator[None]:
             del sys.modules["keras"]
 
 
-with without_keras3():
+with _without_keras3():
     import tensorflow_model_optimization as tfmot
 
-__all__ = ["tfmot", "without_keras3"]
+__all__ = ["tfmot"]
