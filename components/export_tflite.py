@@ -29,13 +29,20 @@ from components.tflite_metadata import METADATA_NAME
 log = logging.getLogger(__name__)
 
 
-def convert(model: tf.keras.Model, options: dict | str, representative: np.ndarray | None = None) -> bytes:
+def convert(
+    model: tf.keras.Model,
+    options: dict | str,
+    representative: np.ndarray | None = None,
+    function: tf.types.experimental.ConcreteFunction | None = None,
+) -> bytes:
     """Convert with a format's converter options (components.formats), or those of the registry's first
     TFLite format of a precision ("float32", "float16", "int8"). `representative`: the calibration images
-    that `representative_dataset` asks for."""
+    that `representative_dataset` asks for. `function`: what to convert, if not the model's inference call
+    (a detector's, with its post-processing op fused: components.tasks.detection.export)."""
     if isinstance(options, str):
         options = next(fmt.converter for fmt in by_container("tflite") if fmt.precision == options)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_inference_function(model)], _Weights(model))
+    function = function or _inference_function(model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], _Weights(model))
     for key, value in options.items():
         _set_option(converter, key, value, representative)
     with warnings.catch_warnings():
@@ -75,6 +82,8 @@ def _set_option(converter: tf.lite.TFLiteConverter, key: str, value: str, repres
         converter.target_spec.supported_ops = [tf.lite.OpsSet[value]]
     elif key in ("inference_input_type", "inference_output_type"):
         setattr(converter, key, tf.as_dtype(value))
+    elif key == "allow_custom_ops":  # a fused op LiteRT and TFLite-Micro implement (detection)
+        converter.allow_custom_ops = bool(value)
     elif key == "representative_dataset":  # the value names the data; the images are `representative`
         if representative is None:
             raise ValueError(f"representative_dataset ({value}) needs representative data")

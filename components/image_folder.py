@@ -53,14 +53,21 @@ UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionB
 LISTED = 50  # problems named per report; the rest are counted
 
 
-def describe_problems(raw_dir: Path, problems: list[DataProblem], skippable: bool) -> str:
-    """Every problem at once, grouped by kind, each with its fix: one run finds them all."""
+def describe_problems(
+    raw_dir: Path,
+    problems: list[DataProblem],
+    skippable: bool,
+    fixes: dict[str, str] = PROBLEM_FIXES,
+    skip_does: str = "leave unreadable images out of training",
+) -> str:
+    """Every problem at once, grouped by kind, each with its fix (`fixes`: kind -> fix): one run finds them
+    all. `skip_does`: what data.on_bad_image: skip would do instead."""
     lines = [f"{raw_dir}: {len(problems)} problem(s) in the data, nothing changed. Fix them and run again"]
     if skippable:
-        lines[0] += " (or set data.on_bad_image: skip to leave unreadable images out of training)"
+        lines[0] += f" (or set data.on_bad_image: skip to {skip_does})"
     lines[0] += ":"
     listed = 0
-    for kind, fix in PROBLEM_FIXES.items():
+    for kind, fix in fixes.items():
         group = [p for p in problems if p.kind == kind]
         if not group:
             continue

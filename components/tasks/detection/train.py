@@ -1,0 +1,41 @@
+"""Training the detector: the loop train, prune and QAT share for detection (the classifier's is
+components.model.fit_classifier), and the predictions of a Keras detector as Detections."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from components.model import keras
+from components.tasks.detection.data import DetectionBatches, DetectionSplit
+from components.tasks.detection.decode import Detections, NmsSettings, detections_from_raw, sigmoid
+from components.tasks.detection.model import BOX_OUTPUT, CLASS_OUTPUT, LOSSES
+
+
+def fit_detector(
+    model: keras.Model,
+    train: DetectionSplit,
+    val: DetectionSplit,
+    anchors: np.ndarray,
+    num_classes: int,
+    normalize,
+    learning_rate,
+    epochs: int,
+    batch_size: int,
+    callbacks: tuple = (),
+    flip: bool = True,
+    seed: int = 0,
+) -> keras.callbacks.History:
+    """Compile (Adam; smooth L1 on boxes, focal loss on classes) and fit, validating every epoch."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSSES)
+    outputs = (BOX_OUTPUT, CLASS_OUTPUT)
+    batches = DetectionBatches(train, anchors, num_classes, batch_size, normalize, flip, seed, outputs)
+    checks = DetectionBatches(val, anchors, num_classes, batch_size, normalize, outputs=outputs)
+    return model.fit(batches, validation_data=checks, epochs=epochs, callbacks=list(callbacks), verbose=2)
+
+
+def predict_detections(
+    model: keras.Model, images: np.ndarray, anchors: np.ndarray, nms: NmsSettings, normalize
+) -> list[Detections]:
+    boxes, logits = model.predict(normalize(images), verbose=0, batch_size=32)
+    scores = sigmoid(logits)
+    return [detections_from_raw(b, s, anchors, nms) for b, s in zip(boxes, scores, strict=True)]

@@ -1,0 +1,263 @@
+"""Detection building blocks (components/tasks/detection): the generated scenes, the YOLO and COCO readers
+and their checks, anchors and matching, decoding, COCO mAP, and the detector's TFLite export with the fused
+`TFLite_Detection_PostProcess` op run in LiteRT and TFLite-Micro, checked against the shared decoding."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from components.errors import EdgepipeError
+from components.tasks.detection.anchors import anchor_boxes, corners, decode, encode, iou, match
+from components.tasks.detection.annotations import read_detection_set
+from components.tasks.detection.decode import Detections, NmsSettings, detections_from_raw
+from components.tasks.detection.metrics import GroundTruth, agreement, coco_map
+from components.tasks.detection.model import anchor_grids
+from components.tasks.detection.scenes import CLASSES, write_detection_set
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes") / "raw"
+    counts = write_detection_set(root, images=40, seed=3)
+    return root, counts
+
+
+def yolo_to_coco(root, dest):
+    """The same annotations as a COCO export (what CVAT or Label Studio would write)."""
+    shutil.copytree(root / "images", dest / "images")
+    found = read_detection_set(root)
+    coco = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": 7 + i, "name": n} for i, n in enumerate(CLASSES)],
+    }
+    for image_id, item in enumerate(found.images, start=10):
+        coco["images"].append(
+            {"id": image_id, "file_name": item.path.name, "width": item.width, "height": item.height}
+        )
+        for (x0, y0, x1, y1), label in zip(item.boxes.tolist(), item.labels.tolist(), strict=True):
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": 7 + label,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+    (dest / "annotations.json").write_text(json.dumps(coco))
+    return found
+
+
+def test_generated_scenes_are_deterministic_yolo_folders(scenes, tmp_path):
+    root, counts = scenes
+    again = tmp_path / "again"
+    assert write_detection_set(again, images=40, seed=3) == counts
+    for name in ("scene_0004.png", "scene_0006.png"):
+        assert (again / "images" / name).read_bytes() == (root / "images" / name).read_bytes()
+    assert (root / "classes.txt").read_text().split("\n")[:3] == list(CLASSES)
+    found = read_detection_set(root)
+    assert found.layout == "yolo" and len(found.images) == 40
+    assert found.objects_per_class() == counts and sum(counts.values()) > 40
+    assert any(len(item.labels) == 0 for item in found.images)  # a scene without objects has no label file
+    sizes = {(item.width, item.height) for item in found.images}
+    assert len(sizes) > 20  # mixed sizes and aspect ratios
+
+
+def test_coco_json_reads_to_the_same_boxes_as_yolo(scenes, tmp_path):
+    root, _ = scenes
+    yolo = yolo_to_coco(root, tmp_path)
+    coco = read_detection_set(tmp_path)
+    assert coco.layout == "coco" and coco.classes == list(CLASSES)
+    by_name = {item.path.name: item for item in coco.images}
+    for item in yolo.images:
+        other = by_name[item.path.name]
+        np.testing.assert_allclose(other.boxes, item.boxes, atol=1e-3)
+        np.testing.assert_array_equal(other.labels, item.labels)
+
+
+def test_every_bad_annotation_is_listed_in_one_run_and_skip_leaves_those_images_out(scenes, tmp_path):
+    root = tmp_path / "raw"
+    shutil.copytree(scenes[0], root)
+    labels = root / "labels"
+    (labels / "scene_0001.txt").write_text("0 0.5 0.5 0.2 0.2\n9 0.5 0.5 0.2 0.2\n")  # unknown class 9
+    (labels / "scene_0002.txt").write_text("1 0.5 0.5 0.0 0.3\n")  # zero width
+    (labels / "scene_0003.txt").write_text("2 0.95 0.5 0.4 0.2\n")  # reaches x = 1.15
+    (labels / "scene_0004.txt").write_text("2 0.5 0.5\n")  # three numbers
+    (labels / "ghost.txt").write_text("0 0.5 0.5 0.1 0.1\n")  # no image
+    (root / "images" / "scene_0007.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(EdgepipeError) as info:
+        read_detection_set(root)
+    message = str(info.value)
+    assert message.startswith(f"{root}: 6 problem(s) in the data, nothing changed.")
+    assert "(or set data.on_bad_image: skip to leave the images that have one out of training):" in message
+    for expected in (
+        f"{labels / 'scene_0001.txt'}: unknown class id (line 2: '9 0.5 0.5 0.2 0.2'): 3 classes",
+        f"{labels / 'scene_0002.txt'}: box with zero area (line 1",
+        f"{labels / 'scene_0003.txt'}: box outside the image (line 1",
+        f"{labels / 'scene_0004.txt'}: label line is not `class cx cy w h` (line 1",
+        f"{labels / 'ghost.txt'}: label file with no image.",
+        f"{root / 'images' / 'scene_0007.jpg'}: not a readable image (",
+    ):
+        assert expected in message, message
+    skipped = read_detection_set(root, on_bad_image="skip")
+    assert len(skipped.images) == 40 - 5 and len(skipped.problems) == 6
+    assert not {"scene_0001", "scene_0002", "scene_0003", "scene_0004", "scene_0007"} & {
+        item.path.stem for item in skipped.images
+    }
+
+
+def test_a_folder_without_annotations_says_which_layouts_are_read(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(EdgepipeError, match="neither labels/ \\(YOLO\\) nor annotations.json \\(COCO\\)"):
+        read_detection_set(tmp_path)
+
+
+def test_encoding_round_trips_and_every_object_gets_an_anchor():
+    anchors = anchor_boxes(anchor_grids(96, 96))
+    assert anchors.shape == (6 * 6 * 4 + 3 * 3 * 4, 4)
+    rng = np.random.default_rng(0)
+    centre = rng.uniform(0.2, 0.8, (50, 2))
+    size = rng.uniform(0.05, 0.4, (50, 2))
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1).astype(np.float32)
+    picked = anchors[rng.integers(len(anchors), size=50)]
+    np.testing.assert_allclose(decode(encode(boxes, picked), picked), boxes, atol=1e-5)
+    truth = boxes[:3]
+    box_targets, class_targets = match(truth, np.array([0, 2, 1]), anchors, num_classes=3)
+    positive = box_targets[:, 4] == 1
+    assert positive.sum() >= 3
+    matched = decode(box_targets[positive, :4], anchors[positive])
+    assert (iou(matched, truth).max(axis=1) > 0.999).all()  # each positive encodes one of the objects
+    assert set(class_targets[positive, :3].argmax(axis=1)) == {0, 1, 2}
+    assert (class_targets[~positive, :3] == 0).all()
+
+
+def test_decoding_perfect_outputs_gives_the_objects_and_map_one():
+    anchors = anchor_boxes(anchor_grids(96, 96))
+    truth = np.array([[0.1, 0.1, 0.4, 0.35], [0.5, 0.55, 0.9, 0.95]], np.float32)
+    labels = np.array([1, 0])
+    box_targets, class_targets = match(truth, labels, anchors, num_classes=2)
+    scores = class_targets[:, :2] * 0.9  # the positives score 0.9 for their class, the rest 0
+    found = detections_from_raw(box_targets[:, :4], scores, anchors, NmsSettings())
+    assert len(found.scores) == 2  # NMS keeps one box per object
+    order = np.argsort(found.boxes[:, 0])
+    np.testing.assert_allclose(found.boxes[order], truth, atol=1e-5)
+    np.testing.assert_array_equal(found.classes[order], labels)
+    gt = [GroundTruth(truth, labels, 96, 96)]
+    assert coco_map(gt, [found], ["a", "b"])["map_50"] == pytest.approx(1.0)
+    shifted = Detections(found.boxes + 0.12, found.classes, found.scores)
+    result = coco_map(gt, [shifted], ["a", "b"])
+    assert result["map_50_95"] < result["map_50"] < 1.0 or result["map_50"] == 0.0
+    assert agreement([found], [found]) == 1.0 and agreement([found], [shifted]) < 1.0
+    wrong_class = Detections(found.boxes, 1 - found.classes, found.scores)
+    assert agreement([found], [wrong_class]) == 0.0
+    assert coco_map(gt, [wrong_class], ["a", "b"])["map_50"] == 0.0
+    assert corners(anchors[:1]).shape == (1, 4)
+
+
+@pytest.fixture(scope="module")
+def exported(scenes, tmp_path_factory):
+    """A detector (96x96, alpha 0.35) trained for 3 epochs on the 40 scenes (enough for its batch-norm
+    statistics; an untrained MobileNetV2's activations vanish in inference mode), its class head then set
+    to logit 0 + features so that it scores anchors well apart from the focal-loss prior; its float and
+    full-int8 .tflite with the fused op."""
+    from components.export_tflite import convert
+    from components.model import seed_everything
+    from components.tasks.detection.data import load_split
+    from components.tasks.detection.export import detection_function, standard_output_order
+    from components.tasks.detection.model import anchors_for, build_detector
+    from components.tasks.detection.train import fit_detector
+
+    seed_everything(0)
+    model = build_detector((96, 96, 3), 3, 0.35, "tiny-detector")
+    split = load_split(read_detection_set(scenes[0]).images, 96, 96, "stretch")
+    normalize = lambda x: x.astype(np.float32) / 127.5 - 1  # noqa: E731
+    fit_detector(model, split, split, anchors_for((96, 96, 3)), 3, normalize, 3e-3, 3, 8)
+    for level in (0, 1):
+        head = model.get_layer(f"head{level}_classes")
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel, np.zeros_like(bias)])
+    anchors = anchors_for((96, 96, 3))
+    images = normalize(split.images)
+    nms = NmsSettings(score_threshold=0.3, max_detections=10)
+    function = detection_function(model, anchors, 3, nms)
+    int8 = {
+        "allow_custom_ops": True,
+        "optimizations": "DEFAULT",
+        "representative_dataset": "train split",
+        "supported_ops": "TFLITE_BUILTINS_INT8",
+        "inference_input_type": "int8",
+    }
+    files = {
+        "float32": standard_output_order(convert(model, {"allow_custom_ops": True}, function=function)),
+        "int8": standard_output_order(convert(model, int8, images[:16], function=function)),
+    }
+    return model, anchors, images[16:24], nms, files
+
+
+def run_litert(data: bytes, image: np.ndarray) -> tuple[Detections, list]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=data)
+    interpreter.allocate_tensors()
+    given = interpreter.get_input_details()[0]
+    if given["dtype"] == np.int8:
+        scale, zero = given["quantization"]
+        image = np.clip(np.round(image / scale + zero), -128, 127).astype(np.int8)
+    interpreter.set_tensor(given["index"], image[None])
+    interpreter.invoke()
+    details = interpreter.get_output_details()  # in the file's order: boxes, classes, scores, count
+    boxes, classes, scores, count = (interpreter.get_tensor(d["index"]) for d in details)
+    n = int(count[0])
+    return Detections(boxes[0, :n], classes[0, :n].astype(np.int64), scores[0, :n]), details
+
+
+def test_the_tflite_detector_has_the_four_standard_outputs_and_computes_the_shared_decoding(exported):
+    from components.tasks.detection.decode import sigmoid
+
+    model, anchors, images, nms, files = exported
+    raw_boxes, raw_logits = model.predict(images, verbose=0)
+    seen = 0
+    for i, image in enumerate(images):
+        found, details = run_litert(files["float32"], image)
+        assert [d["shape"].tolist() for d in details] == [[1, 10, 4], [1, 10], [1, 10], [1]]
+        expected = detections_from_raw(raw_boxes[i], sigmoid(raw_logits[i]), anchors, nms)
+        assert len(found.scores) == len(expected.scores)
+        np.testing.assert_allclose(found.scores, expected.scores, atol=1e-4)  # both best first
+        for box, label, score in zip(found.boxes, found.classes, found.scores, strict=True):
+            same = (
+                (iou(box[None], expected.boxes)[0] > 0.999)
+                & (expected.classes == label)
+                & (np.abs(expected.scores - score) < 1e-4)
+            )
+            assert same.any(), (box, label, score, expected)
+        seen += len(found.scores)
+    assert seen > 8  # the comparison covered real detections
+
+
+def test_the_int8_detector_runs_in_tflite_micro_as_in_litert(exported):
+    from tflite_micro.python.tflite_micro import runtime
+
+    _, _, images, _, files = exported
+    from ai_edge_litert.interpreter import Interpreter
+
+    given = Interpreter(model_content=files["int8"]).get_input_details()[0]
+    assert given["dtype"] == np.int8
+    scale, zero = given["quantization"]
+    for image in images[:4]:
+        litert, _ = run_litert(files["int8"], image)
+        micro = runtime.Interpreter.from_bytes(files["int8"])
+        micro.set_input(np.clip(np.round(image / scale + zero), -128, 127).astype(np.int8)[None], 0)
+        micro.invoke()
+        boxes, classes, scores, count = (micro.get_output(k) for k in range(4))
+        n = int(count[0])
+        assert n == len(litert.scores)
+        assert (
+            agreement([litert], [Detections(boxes[0, :n], classes[0, :n].astype(np.int64), scores[0, :n])])
+            == 1.0
+        )
