@@ -165,12 +165,13 @@ def exported(scenes, tmp_path_factory):
     """A detector (96x96, alpha 0.35) trained for 3 epochs on the 40 scenes (enough for its batch-norm
     statistics; an untrained MobileNetV2's activations vanish in inference mode), its class head then set
     to logit 0 + features so that it scores anchors well apart from the focal-loss prior; its float and
-    full-int8 .tflite with the fused op."""
+    full-int8 .tflite with the fused op and its float ONNX (raw outputs)."""
+    from components.export_onnx import to_onnx
     from components.export_tflite import convert
     from components.model import seed_everything
     from components.tasks.detection.data import load_split
     from components.tasks.detection.export import detection_function, standard_output_order
-    from components.tasks.detection.model import anchors_for, build_detector
+    from components.tasks.detection.model import anchors_for, build_detector, with_scores
     from components.tasks.detection.train import fit_detector
 
     seed_everything(0)
@@ -193,71 +194,113 @@ def exported(scenes, tmp_path_factory):
         "supported_ops": "TFLITE_BUILTINS_INT8",
         "inference_input_type": "int8",
     }
-    files = {
-        "float32": standard_output_order(convert(model, {"allow_custom_ops": True}, function=function)),
-        "int8": standard_output_order(convert(model, int8, images[:16], function=function)),
-    }
+    folder = tmp_path_factory.mktemp("detector")
+    files = {name: folder / name for name in ("float32.tflite", "int8.tflite", "float32.onnx")}
+    files["float32.tflite"].write_bytes(
+        standard_output_order(convert(model, {"allow_custom_ops": True}, function=function))
+    )
+    files["int8.tflite"].write_bytes(
+        standard_output_order(convert(model, int8, images[:16], function=function))
+    )
+    files["float32.onnx"].write_bytes(to_onnx(with_scores(model), (96, 96, 3), 13).SerializeToString())
     return model, anchors, images[16:24], nms, files
 
 
-def run_litert(data: bytes, image: np.ndarray) -> tuple[Detections, list]:
-    from ai_edge_litert.interpreter import Interpreter
+def same_detections(found: Detections, expected: Detections, tolerance: float = 1e-4) -> None:
+    """The same detections (order among equal scores aside): count, scores best first, and for each one
+    a box of the same class and score at IoU > 0.999."""
+    assert len(found.scores) == len(expected.scores)
+    np.testing.assert_allclose(found.scores, expected.scores, atol=tolerance)
+    for box, label, score in zip(found.boxes, found.classes, found.scores, strict=True):
+        same = (
+            (iou(box[None], expected.boxes)[0] > 0.999)
+            & (expected.classes == label)
+            & (np.abs(expected.scores - score) < tolerance)
+        )
+        assert same.any(), (box, label, score, expected)
 
-    interpreter = Interpreter(model_content=data)
-    interpreter.allocate_tensors()
-    given = interpreter.get_input_details()[0]
-    if given["dtype"] == np.int8:
-        scale, zero = given["quantization"]
-        image = np.clip(np.round(image / scale + zero), -128, 127).astype(np.int8)
-    interpreter.set_tensor(given["index"], image[None])
-    interpreter.invoke()
-    details = interpreter.get_output_details()  # in the file's order: boxes, classes, scores, count
-    boxes, classes, scores, count = (interpreter.get_tensor(d["index"]) for d in details)
-    n = int(count[0])
-    return Detections(boxes[0, :n], classes[0, :n].astype(np.int64), scores[0, :n]), details
+
+def keras_detections(model, images, anchors, nms) -> list[Detections]:
+    from components.tasks.detection.decode import sigmoid
+
+    raw_boxes, raw_logits = model.predict(images, verbose=0)
+    return [
+        detections_from_raw(b, sigmoid(c), anchors, nms) for b, c in zip(raw_boxes, raw_logits, strict=True)
+    ]
 
 
 def test_the_tflite_detector_has_the_four_standard_outputs_and_computes_the_shared_decoding(exported):
-    from components.tasks.detection.decode import sigmoid
+    """LiteRT runs the fused TFLite_Detection_PostProcess; its outputs, in the file's order boxes, classes,
+    scores, count, are what the shared numpy decoding makes of the Keras model's raw outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from components.tasks.detection.runtimes import litert_detector
 
     model, anchors, images, nms, files = exported
-    raw_boxes, raw_logits = model.predict(images, verbose=0)
-    seen = 0
-    for i, image in enumerate(images):
-        found, details = run_litert(files["float32"], image)
-        assert [d["shape"].tolist() for d in details] == [[1, 10, 4], [1, 10], [1, 10], [1]]
-        expected = detections_from_raw(raw_boxes[i], sigmoid(raw_logits[i]), anchors, nms)
-        assert len(found.scores) == len(expected.scores)
-        np.testing.assert_allclose(found.scores, expected.scores, atol=1e-4)  # both best first
-        for box, label, score in zip(found.boxes, found.classes, found.scores, strict=True):
-            same = (
-                (iou(box[None], expected.boxes)[0] > 0.999)
-                & (expected.classes == label)
-                & (np.abs(expected.scores - score) < 1e-4)
-            )
-            assert same.any(), (box, label, score, expected)
-        seen += len(found.scores)
-    assert seen > 8  # the comparison covered real detections
+    details = Interpreter(model_path=str(files["float32.tflite"])).get_output_details()
+    assert [d["shape"].tolist() for d in details] == [[1, 10, 4], [1, 10], [1, 10], [1]]
+    found = litert_detector(files["float32.tflite"])(images)
+    for got, want in zip(found, keras_detections(model, images, anchors, nms), strict=True):
+        same_detections(got, want)
+    assert sum(len(d.scores) for d in found) > 8  # the comparison covered real detections
+
+
+def test_the_onnx_detector_decodes_alike_in_onnxruntime_and_both_opencv_engines(exported):
+    from components.tasks.detection.runtimes import onnxruntime_detector, opencv_detector
+
+    model, anchors, images, nms, files = exported
+    expected = keras_detections(model, images, anchors, nms)
+    for run in (
+        onnxruntime_detector(files["float32.onnx"], anchors, nms),
+        opencv_detector(files["float32.onnx"], anchors, nms, "classic"),
+        opencv_detector(files["float32.onnx"], anchors, nms, "new"),
+    ):
+        for got, want in zip(run(images), expected, strict=True):
+            same_detections(got, want, tolerance=1e-3)
 
 
 def test_the_int8_detector_runs_in_tflite_micro_as_in_litert(exported):
-    from tflite_micro.python.tflite_micro import runtime
-
-    _, _, images, _, files = exported
     from ai_edge_litert.interpreter import Interpreter
 
-    given = Interpreter(model_content=files["int8"]).get_input_details()[0]
-    assert given["dtype"] == np.int8
-    scale, zero = given["quantization"]
-    for image in images[:4]:
-        litert, _ = run_litert(files["int8"], image)
-        micro = runtime.Interpreter.from_bytes(files["int8"])
-        micro.set_input(np.clip(np.round(image / scale + zero), -128, 127).astype(np.int8)[None], 0)
-        micro.invoke()
-        boxes, classes, scores, count = (micro.get_output(k) for k in range(4))
-        n = int(count[0])
-        assert n == len(litert.scores)
-        assert (
-            agreement([litert], [Detections(boxes[0, :n], classes[0, :n].astype(np.int64), scores[0, :n])])
-            == 1.0
+    from components.tasks.detection.runtimes import litert_detector, tflm_detector
+
+    _, _, images, _, files = exported
+    assert Interpreter(model_path=str(files["int8.tflite"])).get_input_details()[0]["dtype"] == np.int8
+    litert = litert_detector(files["int8.tflite"])(images[:4])
+    micro = tflm_detector(files["int8.tflite"])(images[:4])
+    assert sum(len(d.scores) for d in litert) > 0
+    for a, b in zip(litert, micro, strict=True):
+        # The same int8 scores; which of the boxes tied at the lowest kept score fill the last places is
+        # each runtime's sort order, so only the boxes scoring above it must be the same ones.
+        np.testing.assert_array_equal(np.sort(a.scores), np.sort(b.scores))
+        above = a.scores > a.scores.min()
+        if above.any():
+            higher = Detections(a.boxes[above], a.classes[above], a.scores[above])
+            assert agreement([higher], [b], min_score=0.0) == 1.0
+
+
+def test_augmented_boxes_follow_the_pixels():
+    """A white square on grey, flipped and zoomed in: the returned box is where the white pixels went."""
+    import math
+
+    from components.tasks.detection.data import ZOOM, augmented
+
+    image = np.full((96, 96, 3), 100, np.uint8)
+    image[20:50, 10:30] = 255  # rows 20-49, columns 10-29
+    box = np.array([[20 / 96, 10 / 96, 50 / 96, 30 / 96]], np.float32)
+    low, high = ZOOM
+    no_zoom = math.log(1 / low) / math.log(high / low)  # the draw that gives scale 1.0
+    zoom_in = math.log(1.2 / low) / math.log(high / low)
+    for flip, zoom, place in ((0.1, no_zoom, 0.5), (0.9, zoom_in, 0.3), (0.1, zoom_in, 0.8), (0.9, 0.0, 0.2)):
+        out, boxes, labels = augmented(
+            image, box, np.array([2]), np.array([flip, zoom, place, place, 0.5, 0.5])
         )
+        bright = np.argwhere(out.mean(axis=-1) > 200)
+        (y0, x0), (y1, x1) = bright.min(axis=0), bright.max(axis=0) + 1
+        np.testing.assert_allclose(boxes[0] * 96, [y0, x0, y1, x1], atol=1.5)
+        assert labels.tolist() == [2]
+    # the largest zoom with the view at the far corner: a square near the left edge leaves the view (a quarter
+    # of it stays, columns 4-23 at 1.25x moved 24 px left), so its box is dropped with it
+    edge = np.array([[20 / 96, 4 / 96, 50 / 96, 24 / 96]], np.float32)
+    _, boxes, labels = augmented(image, edge, np.array([2]), np.array([0.9, 1.0, 1.0, 1.0, 0.5, 0.5]))
+    assert len(boxes) == len(labels) == 0

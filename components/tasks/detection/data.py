@@ -1,6 +1,6 @@
 """Annotated images as the detector sees them: resized to the input (stretched, or letterboxed to keep the
 aspect ratio), boxes normalised to it as (ymin, xmin, ymax, xmax), split by image, and the training batches
-with their anchor targets (horizontal flips while training)."""
+with their anchor targets (flips, zoom and lighting while training)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from components.tasks.detection.annotations import AnnotatedImage
 
 Resize = Literal["stretch", "letterbox"]
 LETTERBOX_FILL = 114  # grey padding, as Ultralytics and OpenMV's letterbox use
+ZOOM = (0.8, 1.25)  # training-time zoom range (DetectionBatches)
+LIGHT = 0.1  # training-time brightness and contrast change, either way
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,13 @@ def split_images(
 
 
 class DetectionBatches(keras.utils.Sequence):
-    """Batches of (normalised images, {box targets, class targets}) for keras fit; with `flip`, each image
-    is mirrored left-right with probability 0.5, a fresh draw every epoch (seeded)."""
+    """Batches of (normalised images, (box targets, class targets)) for keras fit, in the detector's output
+    order (pruning and QAT wrappers rename the outputs, so they are matched by position).
+
+    With `augment`, every epoch draws for each image (seeded): a left-right flip (p 0.5), a zoom within
+    ZOOM at a random place (boxes that keep less than half their area in view are dropped, the rest
+    clipped) and brightness and contrast within LIGHT. Hue is left alone: colour can be what tells
+    classes apart (a red stop sign, a blue info sign)."""
 
     def __init__(
         self,
@@ -130,15 +137,13 @@ class DetectionBatches(keras.utils.Sequence):
         num_classes: int,
         batch_size: int,
         normalize,
-        flip: bool = False,
+        augment: bool = False,
         seed: int = 0,
-        outputs: tuple[str, str] = ("", ""),
     ):
         super().__init__()
         self.split, self.anchors, self.num_classes = split, anchors, num_classes
-        self.batch_size, self.normalize, self.flip = batch_size, normalize, flip
+        self.batch_size, self.normalize, self.augment = batch_size, normalize, augment
         self.rng = np.random.default_rng(seed)
-        self.outputs = outputs
         self.order = np.arange(len(split.images))
         self.on_epoch_end()
 
@@ -146,24 +151,50 @@ class DetectionBatches(keras.utils.Sequence):
         return math.ceil(len(self.split.images) / self.batch_size)
 
     def on_epoch_end(self) -> None:
-        self.mirrored = self.flip & (self.rng.random(len(self.split.images)) < 0.5)
-        if self.flip:
+        n = len(self.split.images)
+        if self.augment:
             self.rng.shuffle(self.order)
+        draws = self.rng.random((n, 6))
+        self.draws = draws if self.augment else None
 
     def __getitem__(self, index: int):
         picked = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         images, box_targets, class_targets = [], [], []
         for i in picked:
-            image, boxes = self.split.images[i], self.split.boxes[i]
-            if self.mirrored[i]:
-                image = image[:, ::-1]
-                boxes = np.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], axis=-1)
-            box_t, class_t = match(boxes, self.split.labels[i], self.anchors, self.num_classes)
+            image, boxes, labels = self.split.images[i], self.split.boxes[i], self.split.labels[i]
+            if self.draws is not None:
+                image, boxes, labels = augmented(image, boxes, labels, self.draws[i])
+            box_t, class_t = match(boxes, labels, self.anchors, self.num_classes)
             images.append(image)
             box_targets.append(box_t)
             class_targets.append(class_t)
-        box_name, class_name = self.outputs
-        return self.normalize(np.stack(images)), {
-            box_name: np.stack(box_targets),
-            class_name: np.stack(class_targets),
-        }
+        return self.normalize(np.stack(images)), (np.stack(box_targets), np.stack(class_targets))
+
+
+def augmented(
+    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, draws: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image, flipped, zoomed and re-lit as six uniform draws in [0, 1) say (DetectionBatches)."""
+    import cv2
+
+    flip, zoom, place_x, place_y, bright, contrast = draws
+    h, w = image.shape[:2]
+    if flip < 0.5:
+        image = image[:, ::-1]
+        boxes = np.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], axis=-1)
+    scale = float(np.exp(np.log(ZOOM[0]) + zoom * (np.log(ZOOM[1]) - np.log(ZOOM[0]))))
+    # the shift keeps the zoomed image covering the input (zoom in) or inside it (zoom out)
+    tx, ty = (place_x * (w - w * scale), place_y * (h - h * scale))
+    matrix = np.array([[scale, 0, tx], [0, scale, ty]], np.float32)
+    image = cv2.warpAffine(
+        np.ascontiguousarray(image), matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=(LETTERBOX_FILL,) * 3
+    )
+    moved = boxes * scale + np.array([ty / h, tx / w, ty / h, tx / w], np.float32)
+    clipped = np.clip(moved, 0.0, 1.0)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    keep = area(clipped) >= 0.5 * np.maximum(area(moved), 1e-9)
+    pixels = image.astype(np.float32)
+    light = lambda draw: 1 - LIGHT + 2 * LIGHT * draw  # noqa: E731
+    pixels = (pixels - pixels.mean()) * light(contrast) + pixels.mean() * light(bright)
+    image = np.clip(pixels, 0, 255).astype(np.uint8)
+    return image, clipped[keep].astype(np.float32), labels[keep]

@@ -19,6 +19,7 @@ from components.tasks.detection.anchors import ASPECTS, AnchorGrid, anchor_boxes
 FEATURE_LAYERS = ("block_13_expand_relu", "out_relu")  # strides 16 and 32 of Keras' MobileNetV2
 STRIDES = (16, 32)
 BOX_OUTPUT, CLASS_OUTPUT = "box_encodings", "class_logits"
+SCORE_OUTPUT = "class_scores"  # the sigmoid of class_logits: what the ONNX file outputs (with_scores)
 PRIOR = 0.01  # the class logits start at this probability (RetinaNet's prior: a stable start for focal loss)
 
 
@@ -94,3 +95,10 @@ def focal_loss(y_true: tf.Tensor, y_pred: tf.Tensor, alpha: float = 0.25, gamma:
 
 
 LOSSES = {BOX_OUTPUT: box_loss, CLASS_OUTPUT: focal_loss}
+
+
+def with_scores(model: keras.Model) -> keras.Model:
+    """The detector with the sigmoid in the graph, outputs (box encodings, class scores): what the ONNX
+    file holds, so OpenCV dnn and onnxruntime return what the shared decoding reads."""
+    boxes, logits = model.outputs
+    return keras.Model(model.inputs, [boxes, keras.layers.Activation("sigmoid", name=SCORE_OUTPUT)(logits)])

@@ -22,14 +22,16 @@ def fit_detector(
     epochs: int,
     batch_size: int,
     callbacks: tuple = (),
-    flip: bool = True,
+    augment: bool = True,
     seed: int = 0,
 ) -> keras.callbacks.History:
     """Compile (Adam; smooth L1 on boxes, focal loss on classes) and fit, validating every epoch."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSSES)
-    outputs = (BOX_OUTPUT, CLASS_OUTPUT)
-    batches = DetectionBatches(train, anchors, num_classes, batch_size, normalize, flip, seed, outputs)
-    checks = DetectionBatches(val, anchors, num_classes, batch_size, normalize, outputs=outputs)
+    # Losses by output position: pruning and QAT wrappers rename the outputs (quant_box_encodings, ...).
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate), loss=[LOSSES[BOX_OUTPUT], LOSSES[CLASS_OUTPUT]]
+    )
+    batches = DetectionBatches(train, anchors, num_classes, batch_size, normalize, augment, seed)
+    checks = DetectionBatches(val, anchors, num_classes, batch_size, normalize)
     return model.fit(batches, validation_data=checks, epochs=epochs, callbacks=list(callbacks), verbose=2)
 
 
