@@ -39,7 +39,7 @@ from components.tasks.detection.metrics import GroundTruth, agreement, coco_map 
 from components.tasks.detection.model import anchors_for, build_detector, with_scores  # noqa: E402
 from components.tasks.detection.optimize import prune_detector, qat_detector  # noqa: E402
 from components.tasks.detection.scenes import write_detection_set  # noqa: E402
-from components.tasks.detection.train import fit_detector, predict_detections  # noqa: E402
+from components.tasks.detection.train import TrainingData, fit_detector, predict_detections  # noqa: E402
 
 INT8 = {
     "allow_custom_ops": True,
@@ -85,6 +85,7 @@ def main(
     train, val, test = splits["train"], splits["val"], splits["test"]
     shape, nms = (size, size, 3), NmsSettings()
     anchors = anchors_for(shape)
+    fitting = TrainingData(train, val, anchors, num_classes, normalize)
 
     start = time.monotonic()
     seed_everything(0)
@@ -93,18 +94,14 @@ def main(
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, steps, warmup_target=3e-3, warmup_steps=min(100, steps // 10)
     )
-    fit_detector(float_model, train, val, anchors, num_classes, normalize, schedule, epochs, batch_size)
+    fit_detector(float_model, fitting, schedule, epochs, batch_size)
     times["train"] = time.monotonic() - start
 
     start = time.monotonic()
-    pruned, _ = prune_detector(
-        float_model, train, val, anchors, num_classes, normalize, PruneConfig(epochs=8, batch_size=batch_size)
-    )
+    pruned, _ = prune_detector(float_model, fitting, PruneConfig(epochs=8, batch_size=batch_size))
     times["prune"] = time.monotonic() - start
     start = time.monotonic()
-    qat_model, _ = qat_detector(
-        pruned, train, val, anchors, num_classes, normalize, QatConfig(epochs=4, batch_size=batch_size)
-    )
+    qat_model, _ = qat_detector(pruned, fitting, QatConfig(epochs=4, batch_size=batch_size))
     times["qat"] = time.monotonic() - start
 
     start = time.monotonic()

@@ -172,13 +172,13 @@ def exported(scenes, tmp_path_factory):
     from components.tasks.detection.data import load_split
     from components.tasks.detection.export import detection_function, standard_output_order
     from components.tasks.detection.model import anchors_for, build_detector, with_scores
-    from components.tasks.detection.train import fit_detector
+    from components.tasks.detection.train import TrainingData, fit_detector
 
     seed_everything(0)
     model = build_detector((96, 96, 3), 3, 0.35, "tiny-detector")
     split = load_split(read_detection_set(scenes[0]).images, 96, 96, "stretch")
     normalize = lambda x: x.astype(np.float32) / 127.5 - 1  # noqa: E731
-    fit_detector(model, split, split, anchors_for((96, 96, 3)), 3, normalize, 3e-3, 3, 8)
+    fit_detector(model, TrainingData(split, split, anchors_for((96, 96, 3)), 3, normalize), 3e-3, 3, 8)
     for level in (0, 1):
         head = model.get_layer(f"head{level}_classes")
         kernel, bias = head.get_weights()

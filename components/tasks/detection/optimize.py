@@ -5,39 +5,24 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from components.config import PruneConfig, QatConfig
 from components.keras2 import tfmot
 from components.model import keras, seed_everything
 from components.prune import pruning_epochs, pruning_schedule
 from components.qat import quantization_aware
-from components.tasks.detection.data import DetectionSplit
-from components.tasks.detection.train import fit_detector
+from components.tasks.detection.train import TrainingData, fit_detector
 
 
-def prune_detector(
-    model: keras.Model,
-    train: DetectionSplit,
-    val: DetectionSplit,
-    anchors: np.ndarray,
-    num_classes: int,
-    normalize,
-    config: PruneConfig,
-) -> tuple[keras.Model, dict]:
+def prune_detector(model: keras.Model, data: TrainingData, config: PruneConfig) -> tuple[keras.Model, dict]:
     """Magnitude pruning to config.target_sparsity, fine-tuning as it cuts; returns the stripped model."""
     seed_everything(0)
-    steps_per_epoch = math.ceil(len(train.images) / config.batch_size)
+    steps_per_epoch = math.ceil(len(data.train.images) / config.batch_size)
     wrapped = tfmot.sparsity.keras.prune_low_magnitude(
         model, pruning_schedule=pruning_schedule(config, steps_per_epoch)
     )
     history = fit_detector(
         wrapped,
-        train,
-        val,
-        anchors,
-        num_classes,
-        normalize,
+        data,
         config.learning_rate,
         pruning_epochs(config, steps_per_epoch),
         config.batch_size,
@@ -46,27 +31,9 @@ def prune_detector(
     return tfmot.sparsity.keras.strip_pruning(wrapped), history.history
 
 
-def qat_detector(
-    pruned: keras.Model,
-    train: DetectionSplit,
-    val: DetectionSplit,
-    anchors: np.ndarray,
-    num_classes: int,
-    normalize,
-    config: QatConfig,
-) -> tuple[keras.Model, dict]:
+def qat_detector(pruned: keras.Model, data: TrainingData, config: QatConfig) -> tuple[keras.Model, dict]:
     """Pruning-preserving quantization-aware fine-tuning (the sparsity survives into the int8 file)."""
     seed_everything(0)
     model = quantization_aware(pruned)
-    history = fit_detector(
-        model,
-        train,
-        val,
-        anchors,
-        num_classes,
-        normalize,
-        config.learning_rate,
-        config.epochs,
-        config.batch_size,
-    )
+    history = fit_detector(model, data, config.learning_rate, config.epochs, config.batch_size)
     return model, history.history

@@ -3,6 +3,8 @@ components.model.fit_classifier), and the predictions of a Keras detector as Det
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from components.model import keras
@@ -11,13 +13,21 @@ from components.tasks.detection.decode import Detections, NmsSettings, detection
 from components.tasks.detection.model import BOX_OUTPUT, CLASS_OUTPUT, LOSSES
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What train, prune and QAT fit a detector on: the splits, the anchors the targets are matched to,
+    the class count and the input normalisation."""
+
+    train: DetectionSplit
+    val: DetectionSplit
+    anchors: np.ndarray
+    num_classes: int
+    normalize: object  # uint8 images -> the model's float input
+
+
 def fit_detector(
     model: keras.Model,
-    train: DetectionSplit,
-    val: DetectionSplit,
-    anchors: np.ndarray,
-    num_classes: int,
-    normalize,
+    data: TrainingData,
     learning_rate,
     epochs: int,
     batch_size: int,
@@ -30,8 +40,10 @@ def fit_detector(
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate), loss=[LOSSES[BOX_OUTPUT], LOSSES[CLASS_OUTPUT]]
     )
-    batches = DetectionBatches(train, anchors, num_classes, batch_size, normalize, augment, seed)
-    checks = DetectionBatches(val, anchors, num_classes, batch_size, normalize)
+    batches = DetectionBatches(
+        data.train, data.anchors, data.num_classes, batch_size, data.normalize, augment, seed
+    )
+    checks = DetectionBatches(data.val, data.anchors, data.num_classes, batch_size, data.normalize)
     return model.fit(batches, validation_data=checks, epochs=epochs, callbacks=list(callbacks), verbose=2)
 
 
