@@ -38,6 +38,7 @@ from components.tasks.detection.export import detection_function, standard_outpu
 from components.tasks.detection.metrics import GroundTruth, agreement, coco_map  # noqa: E402
 from components.tasks.detection.model import anchors_for, build_detector, with_scores  # noqa: E402
 from components.tasks.detection.optimize import prune_detector, qat_detector  # noqa: E402
+from components.tasks.detection.plots import draw_side_by_side, plot_precision_recall  # noqa: E402
 from components.tasks.detection.scenes import write_detection_set  # noqa: E402
 from components.tasks.detection.train import TrainingData, fit_detector, predict_detections  # noqa: E402
 
@@ -185,7 +186,26 @@ def main(
         console.print(
             f"AP@0.5 per class, {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items())
         )
-    console.print(f"files in {work}")
+    # the pictures the report will show: PR curves and a few test images, float Keras vs int8 in TFLite-Micro
+    int8_found = runtimes.tflm_detector(files["tflite_int8"])(x_test[:6])
+    draw_side_by_side(
+        work / "float_vs_int8.png",
+        test.images[:6],
+        {"float Keras": reference[:6], "int8 TFLite-Micro": int8_found},
+        classes,
+    )
+    plot_precision_recall(
+        work / "precision_recall.png",
+        {
+            label: results[key][1]["pr_50"]
+            for label, key in (
+                ("float Keras", ("keras float", "tensorflow")),
+                ("int8 LiteRT", ("tflite_int8", "litert")),
+            )
+        },
+        "Precision-recall at IoU 0.5 (test split)",
+    )
+    console.print(f"files and pictures in {work}")
 
 
 if __name__ == "__main__":

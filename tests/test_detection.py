@@ -304,3 +304,109 @@ def test_augmented_boxes_follow_the_pixels():
     edge = np.array([[20 / 96, 4 / 96, 50 / 96, 24 / 96]], np.float32)
     _, boxes, labels = augmented(image, edge, np.array([2]), np.array([0.9, 1.0, 1.0, 1.0, 0.5, 0.5]))
     assert len(boxes) == len(labels) == 0
+
+
+def test_report_pictures_draw_the_boxes_and_the_curves(tmp_path):
+    from PIL import Image
+
+    from components.tasks.detection.plots import draw_side_by_side, plot_precision_recall
+
+    images = np.full((2, 96, 96, 3), 90, np.uint8)
+    found = Detections(
+        np.array([[0.1, 0.1, 0.5, 0.6]], np.float32), np.array([1]), np.array([0.9], np.float32)
+    )
+    quiet = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    draw_side_by_side(
+        tmp_path / "boxes.png", images, {"float": [found, quiet], "int8": [quiet, quiet]}, ["a", "b"]
+    )
+    sheet = np.asarray(Image.open(tmp_path / "boxes.png"))
+    assert sheet.shape == (14 + 2 * 192, 2 * 192, 3)
+    first = sheet[14 : 14 + 192, :192]
+    assert (np.abs(first.astype(int) - 90).sum(axis=-1) > 60).any()  # the float model's box is drawn
+    assert (sheet[14:, 192:] == 90).all()  # nothing drawn where nothing was found
+    truth = [GroundTruth(found.boxes, found.classes, 96, 96)]
+    curves = {"float": coco_map(truth, [found], ["a", "b"])["pr_50"]}
+    assert curves["float"]["b"][100] == pytest.approx(1.0) and set(curves["float"]["a"]) == {None}
+    plot_precision_recall(tmp_path / "pr.png", curves, "PR")
+    assert Image.open(tmp_path / "pr.png").size[0] > 400
+
+
+def test_the_mlflow_model_of_a_detector_returns_its_boxes_classes_and_scores(exported, tmp_path):
+    """Logged to a real MLflow store (SQLite) as the release registers a classifier, loaded back by
+    MLflow, it returns what LiteRT finds in the file."""
+    import cloudpickle
+    import mlflow
+
+    import components.runtimes
+    import components.tasks.detection.pyfunc as detector_pyfunc
+    from components.tasks.detection.runtimes import litert_detector
+
+    _, _, images, _, files = exported
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for module in (detector_pyfunc, components.runtimes):
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(
+                name="detector",
+                python_model=detector_pyfunc.LiteRTDetector(),
+                artifacts={"tflite": str(files["int8.tflite"])},
+            )
+    finally:
+        for module in (detector_pyfunc, components.runtimes):
+            cloudpickle.unregister_pickle_by_value(module)
+    predicted = mlflow.pyfunc.load_model(info.model_uri).predict(images[:3])
+    expected = litert_detector(files["int8.tflite"])(images[:3])
+    assert predicted["boxes"].shape == (3, 10, 4) and predicted["count"].shape == (3,)
+    for i, want in enumerate(expected):
+        n = int(predicted["count"][i])
+        assert n == len(want.scores)
+        np.testing.assert_array_equal(predicted["scores"][i, :n], want.scores)
+        np.testing.assert_array_equal(predicted["classes"][i, :n], want.classes)
+        np.testing.assert_array_equal(predicted["boxes"][i, :n], want.boxes)
+
+
+def test_the_shared_decoding_suppresses_boxes_as_the_tflite_op_does():
+    """The op alone, converted and run in LiteRT on raw outputs made to overlap across classes (boxes near
+    each other, scores spread over both classes): the shared numpy decoding returns the same detections.
+    Class-aware NMS would keep a box that a better box of another class covers; the op's fast NMS drops it."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from components.tasks.detection.export import postprocess_op, standard_output_order
+
+    anchors = anchor_boxes(anchor_grids(96, 96))
+    n, nms = len(anchors), NmsSettings(score_threshold=0.05, iou_threshold=0.5, max_detections=10)
+    op = postprocess_op(2, nms)
+    function = tf.function(
+        lambda boxes, scores: op(boxes, scores, tf.constant(anchors))
+    ).get_concrete_function(tf.TensorSpec((1, n, 4), tf.float32), tf.TensorSpec((1, n, 2), tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], tf.Module())
+    converter.allow_custom_ops = True
+    interpreter = Interpreter(model_content=standard_output_order(converter.convert()))
+    interpreter.allocate_tensors()
+    rng = np.random.default_rng(5)
+    compared = 0
+    for _ in range(5):
+        encodings = rng.normal(0, 1.5, (n, 4)).astype(np.float32)
+        scores = (rng.random((n, 2)) ** 6).astype(np.float32)  # few high scores, on either class
+        # and objects predicted by several anchors each, the anchors split between the two classes
+        for _ in range(3):
+            centre, size = rng.uniform(0.3, 0.7, 2), rng.uniform(0.2, 0.4, 2)
+            box = np.concatenate([centre - size / 2, centre + size / 2])[None].astype(np.float32)
+            near = np.flatnonzero(iou(corners(anchors), box)[:, 0] > 0.2)[:6]
+            encodings[near] = encode(np.repeat(box, len(near), axis=0), anchors[near])
+            scores[near] = 0.0
+            scores[near, np.arange(len(near)) % 2] = rng.uniform(0.5, 0.95, len(near))
+        feeds = sorted(interpreter.get_input_details(), key=lambda d: d["shape"][-1])  # scores (C=2), boxes
+        interpreter.set_tensor(feeds[1]["index"], encodings[None])
+        interpreter.set_tensor(feeds[0]["index"], scores[None])
+        interpreter.invoke()
+        boxes, classes, kept, count = (
+            interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()
+        )
+        c = int(count[0])
+        op_found = Detections(boxes[0, :c], classes[0, :c].astype(np.int64), kept[0, :c])
+        same_detections(op_found, detections_from_raw(encodings, scores, anchors, nms), tolerance=1e-5)
+        compared += c
+    assert compared > 20

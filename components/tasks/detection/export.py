@@ -44,8 +44,9 @@ def postprocess_signature(num_classes: int, nms: NmsSettings) -> str:
     )
 
 
-def detection_function(model: tf.keras.Model, anchors: np.ndarray, num_classes: int, nms: NmsSettings):
-    """The detector with its post-processing, batch 1 (the op's batch), as one concrete function."""
+def postprocess_op(num_classes: int, nms: NmsSettings):
+    """The tf.function the converter turns into the op: (box encodings [1, N, 4], class scores [1, N, C],
+    anchors [N, 4]) -> boxes, classes, scores, count."""
     k = nms.max_detections
 
     @tf.function(experimental_implements=postprocess_signature(num_classes, nms))
@@ -57,6 +58,12 @@ def detection_function(model: tf.keras.Model, anchors: np.ndarray, num_classes: 
             tf.zeros([1], name="count"),
         )
 
+    return postprocess
+
+
+def detection_function(model: tf.keras.Model, anchors: np.ndarray, num_classes: int, nms: NmsSettings):
+    """The detector with its post-processing, batch 1 (the op's batch), as one concrete function."""
+    postprocess = postprocess_op(num_classes, nms)
     anchor_tensor = tf.constant(anchors, tf.float32)
 
     def detect(image):

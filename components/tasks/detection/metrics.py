@@ -14,6 +14,8 @@ from pycocotools.cocoeval import COCOeval
 from components.tasks.detection.anchors import iou
 from components.tasks.detection.decode import Detections
 
+RECALLS = np.linspace(0.0, 1.0, 101)  # COCOeval's recall thresholds
+
 
 @dataclass(frozen=True)
 class GroundTruth:
@@ -32,8 +34,9 @@ def _xywh(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def coco_map(truth: list[GroundTruth], found: list[Detections], classes: list[str]) -> dict:
-    """{"map_50", "map_50_95", "ap_50": {class: AP@0.5}} over the images (COCO's 101-point interpolation,
-    up to 100 detections per image)."""
+    """{"map_50", "map_50_95", "ap_50": {class: AP@0.5}, "pr_50": {class: precision at recall 0, 0.01, ...
+    1 (101 points, COCO's interpolation; None past the largest recall reached)}} over the images, up to
+    100 detections per image."""
     images, annotations, results = [], [], []
     for image_id, (gt, det) in enumerate(zip(truth, found, strict=True), start=1):
         images.append({"id": image_id, "height": gt.height, "width": gt.width})
@@ -59,7 +62,12 @@ def coco_map(truth: list[GroundTruth], found: list[Detections], classes: list[st
                     "score": float(score),
                 }
             )
-    empty = {"map_50": 0.0, "map_50_95": 0.0, "ap_50": dict.fromkeys(classes, 0.0)}
+    empty = {
+        "map_50": 0.0,
+        "map_50_95": 0.0,
+        "ap_50": dict.fromkeys(classes, 0.0),
+        "pr_50": {name: [None] * len(RECALLS) for name in classes},
+    }
     if not results or not annotations:
         return empty
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
@@ -75,15 +83,17 @@ def coco_map(truth: list[GroundTruth], found: list[Detections], classes: list[st
         evaluation.accumulate()
         evaluation.summarize()
     precision = evaluation.eval["precision"]  # [IoU threshold, recall, class, area range, max detections]
-    per_class = {}
+    per_class, curves = {}, {}
     for k, name in enumerate(classes):
         values = precision[0, :, k, 0, -1]
+        curves[name] = [float(v) if v > -1 else None for v in values]
         values = values[values > -1]
         per_class[name] = float(values.mean()) if values.size else 0.0
     return {
         "map_50": max(0.0, float(evaluation.stats[1])),
         "map_50_95": max(0.0, float(evaluation.stats[0])),
         "ap_50": per_class,
+        "pr_50": curves,
     }
 
 

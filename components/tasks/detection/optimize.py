@@ -13,8 +13,19 @@ from components.qat import quantization_aware
 from components.tasks.detection.train import TrainingData, fit_detector
 
 
+def copy_of(model: keras.Model) -> keras.Model:
+    """A model with its own layers and the same weights. tfmot's wrappers wrap the layer objects they are
+    given, so pruning or QAT of `model` itself would change it in place (measured: the float detector's
+    kernels were 50 % zeros after pruning its wrapped copy)."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def prune_detector(model: keras.Model, data: TrainingData, config: PruneConfig) -> tuple[keras.Model, dict]:
-    """Magnitude pruning to config.target_sparsity, fine-tuning as it cuts; returns the stripped model."""
+    """Magnitude pruning to config.target_sparsity, fine-tuning as it cuts; returns the stripped model
+    (`model` is left as it was)."""
+    model = copy_of(model)
     seed_everything(0)
     steps_per_epoch = math.ceil(len(data.train.images) / config.batch_size)
     wrapped = tfmot.sparsity.keras.prune_low_magnitude(
@@ -32,7 +43,9 @@ def prune_detector(model: keras.Model, data: TrainingData, config: PruneConfig) 
 
 
 def qat_detector(pruned: keras.Model, data: TrainingData, config: QatConfig) -> tuple[keras.Model, dict]:
-    """Pruning-preserving quantization-aware fine-tuning (the sparsity survives into the int8 file)."""
+    """Pruning-preserving quantization-aware fine-tuning (the sparsity survives into the int8 file);
+    `pruned` is left as it was."""
+    pruned = copy_of(pruned)
     seed_everything(0)
     model = quantization_aware(pruned)
     history = fit_detector(model, data, config.learning_rate, config.epochs, config.batch_size)
