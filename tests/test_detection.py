@@ -164,29 +164,45 @@ def test_decoding_perfect_outputs_gives_the_objects_and_map_one():
 def exported(scenes, tmp_path_factory):
     """A detector (96x96, alpha 0.35) trained for 3 epochs on the 40 scenes (enough for its batch-norm
     statistics; an untrained MobileNetV2's activations vanish in inference mode), its class head then set
-    to logit 0 + features so that it scores anchors well apart from the focal-loss prior; its float and
-    full-int8 .tflite with the fused op and its float ONNX (raw outputs)."""
+    to logit 0 + 3 x features so that it scores anchors well apart from the focal-loss prior; pruned to 50 %
+    and fine-tuned with pruning-preserving QAT (a few steps at a low rate: this is about the path, not
+    about accuracy). Files as the pipeline makes them: float .tflite (fused op) and float ONNX (raw
+    outputs) from the pruned model, full-int8 .tflite from the QAT model."""
+    from components.config import PruneConfig, QatConfig
     from components.export_onnx import to_onnx
     from components.export_tflite import convert
-    from components.model import seed_everything
+    from components.model import seed_everything, sparsity
     from components.tasks.detection.data import load_split
     from components.tasks.detection.export import detection_function, standard_output_order
     from components.tasks.detection.model import anchors_for, build_detector, with_scores
+    from components.tasks.detection.optimize import prune_detector, qat_detector
     from components.tasks.detection.train import TrainingData, fit_detector
 
     seed_everything(0)
     model = build_detector((96, 96, 3), 3, 0.35, "tiny-detector")
     split = load_split(read_detection_set(scenes[0]).images, 96, 96, "stretch")
     normalize = lambda x: x.astype(np.float32) / 127.5 - 1  # noqa: E731
-    fit_detector(model, TrainingData(split, split, anchors_for((96, 96, 3)), 3, normalize), 3e-3, 3, 8)
+    data = TrainingData(split, split, anchors_for((96, 96, 3)), 3, normalize)
+    fit_detector(model, data, 3e-3, 3, 8)
     for level in (0, 1):
         head = model.get_layer(f"head{level}_classes")
         kernel, bias = head.get_weights()
-        head.set_weights([kernel, np.zeros_like(bias)])
+        head.set_weights([kernel * 3, np.zeros_like(bias)])  # logits spread wider: fewer tied scores
+    float_weights = [w.copy() for w in model.get_weights()]
+    prune = PruneConfig(epochs=1, batch_size=8, learning_rate=1e-5, frequency=1, min_steps=5)
+    pruned, _ = prune_detector(model, data, prune)
+    qat_model, _ = qat_detector(pruned, data, QatConfig(epochs=1, batch_size=8, learning_rate=1e-5))
+    facts = {
+        "float_unchanged": all(
+            np.array_equal(a, b) for a, b in zip(float_weights, model.get_weights(), strict=True)
+        ),
+        "float_sparsity": sparsity(model),
+        "pruned_sparsity": sparsity(pruned),
+        "qat_sparsity": sparsity(qat_model),
+    }
     anchors = anchors_for((96, 96, 3))
     images = normalize(split.images)
-    nms = NmsSettings(score_threshold=0.3, max_detections=10)
-    function = detection_function(model, anchors, 3, nms)
+    nms = NmsSettings(score_threshold=0.3, max_detections=25)
     int8 = {
         "allow_custom_ops": True,
         "optimizations": "DEFAULT",
@@ -196,14 +212,23 @@ def exported(scenes, tmp_path_factory):
     }
     folder = tmp_path_factory.mktemp("detector")
     files = {name: folder / name for name in ("float32.tflite", "int8.tflite", "float32.onnx")}
+    float_function = detection_function(pruned, anchors, 3, nms)
     files["float32.tflite"].write_bytes(
-        standard_output_order(convert(model, {"allow_custom_ops": True}, function=function))
+        standard_output_order(convert(pruned, {"allow_custom_ops": True}, function=float_function))
     )
+    int8_function = detection_function(qat_model, anchors, 3, nms)
     files["int8.tflite"].write_bytes(
-        standard_output_order(convert(model, int8, images[:16], function=function))
+        standard_output_order(convert(qat_model, int8, images[:16], function=int8_function))
     )
-    files["float32.onnx"].write_bytes(to_onnx(with_scores(model), (96, 96, 3), 13).SerializeToString())
-    return model, anchors, images[16:24], nms, files
+    files["float32.onnx"].write_bytes(to_onnx(with_scores(pruned), (96, 96, 3), 13).SerializeToString())
+    return pruned, anchors, images[16:24], nms, files, facts
+
+
+def test_pruning_and_qat_of_a_detector_keep_the_float_model_and_the_sparsity(exported):
+    facts = exported[-1]
+    assert facts["float_unchanged"] and facts["float_sparsity"] < 0.01
+    assert facts["pruned_sparsity"] == pytest.approx(0.5, abs=0.05)  # per-tensor rounding of small kernels
+    assert facts["qat_sparsity"] == pytest.approx(facts["pruned_sparsity"], abs=1e-6)  # PQAT kept the zeros
 
 
 def same_detections(found: Detections, expected: Detections, tolerance: float = 1e-4) -> None:
@@ -236,9 +261,9 @@ def test_the_tflite_detector_has_the_four_standard_outputs_and_computes_the_shar
 
     from components.tasks.detection.runtimes import litert_detector
 
-    model, anchors, images, nms, files = exported
+    model, anchors, images, nms, files, _ = exported
     details = Interpreter(model_path=str(files["float32.tflite"])).get_output_details()
-    assert [d["shape"].tolist() for d in details] == [[1, 10, 4], [1, 10], [1, 10], [1]]
+    assert [d["shape"].tolist() for d in details] == [[1, 25, 4], [1, 25], [1, 25], [1]]
     found = litert_detector(files["float32.tflite"])(images)
     for got, want in zip(found, keras_detections(model, images, anchors, nms), strict=True):
         same_detections(got, want)
@@ -248,7 +273,7 @@ def test_the_tflite_detector_has_the_four_standard_outputs_and_computes_the_shar
 def test_the_onnx_detector_decodes_alike_in_onnxruntime_and_both_opencv_engines(exported):
     from components.tasks.detection.runtimes import onnxruntime_detector, opencv_detector
 
-    model, anchors, images, nms, files = exported
+    model, anchors, images, nms, files, _ = exported
     expected = keras_detections(model, images, anchors, nms)
     for run in (
         onnxruntime_detector(files["float32.onnx"], anchors, nms),
@@ -260,23 +285,23 @@ def test_the_onnx_detector_decodes_alike_in_onnxruntime_and_both_opencv_engines(
 
 
 def test_the_int8_detector_runs_in_tflite_micro_as_in_litert(exported):
+    """The QAT int8 file in TFLite-Micro (reference kernels, as on a device) finds what LiteRT finds. Their
+    int8 kernels round differently on QAT files (the classifier's QAT file differs by up to 38 output
+    steps, its PTQ file by 1: tests/test_mobilenet_v2.py), so scores may move by a few 1/256 steps and
+    the comparison is on confident detections, both ways."""
     from ai_edge_litert.interpreter import Interpreter
 
     from components.tasks.detection.runtimes import litert_detector, tflm_detector
 
-    _, _, images, _, files = exported
+    _, _, images, _, files, _ = exported
     assert Interpreter(model_path=str(files["int8.tflite"])).get_input_details()[0]["dtype"] == np.int8
-    litert = litert_detector(files["int8.tflite"])(images[:4])
-    micro = tflm_detector(files["int8.tflite"])(images[:4])
-    assert sum(len(d.scores) for d in litert) > 0
+    litert = litert_detector(files["int8.tflite"])(images)
+    micro = tflm_detector(files["int8.tflite"])(images)
+    assert sum(int((d.scores >= 0.45).sum()) for d in litert) > 4
+    assert agreement(litert, micro, min_score=0.45) >= 0.9
+    assert agreement(micro, litert, min_score=0.45) >= 0.9
     for a, b in zip(litert, micro, strict=True):
-        # The same int8 scores; which of the boxes tied at the lowest kept score fill the last places is
-        # each runtime's sort order, so only the boxes scoring above it must be the same ones.
-        np.testing.assert_array_equal(np.sort(a.scores), np.sort(b.scores))
-        above = a.scores > a.scores.min()
-        if above.any():
-            higher = Detections(a.boxes[above], a.classes[above], a.scores[above])
-            assert agreement([higher], [b], min_score=0.0) == 1.0
+        np.testing.assert_allclose(a.scores[:3], b.scores[:3], atol=0.04)
 
 
 def test_augmented_boxes_follow_the_pixels():
@@ -341,7 +366,7 @@ def test_the_mlflow_model_of_a_detector_returns_its_boxes_classes_and_scores(exp
     import components.tasks.detection.pyfunc as detector_pyfunc
     from components.tasks.detection.runtimes import litert_detector
 
-    _, _, images, _, files = exported
+    _, _, images, _, files, _ = exported
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for module in (detector_pyfunc, components.runtimes):
         cloudpickle.register_pickle_by_value(module)
@@ -357,7 +382,7 @@ def test_the_mlflow_model_of_a_detector_returns_its_boxes_classes_and_scores(exp
             cloudpickle.unregister_pickle_by_value(module)
     predicted = mlflow.pyfunc.load_model(info.model_uri).predict(images[:3])
     expected = litert_detector(files["int8.tflite"])(images[:3])
-    assert predicted["boxes"].shape == (3, 10, 4) and predicted["count"].shape == (3,)
+    assert predicted["boxes"].shape == (3, 25, 4) and predicted["count"].shape == (3,)
     for i, want in enumerate(expected):
         n = int(predicted["count"][i])
         assert n == len(want.scores)
