@@ -277,6 +277,7 @@ HEAVIEST_FIRST = [
     "test_serve_shutdown",
     "test_recipe",
     "test_transfer",
+    "test_detection",
     "test_bad_input",
 ]
 
