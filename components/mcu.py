@@ -27,7 +27,7 @@ from components.runtimes import tflm_arena_bytes, tflm_reported_arena_bytes
 from components.tflite_metadata import read_tflite_metadata
 
 _OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-_INT_TYPES = {schema.TensorType.INT8: np.int8, schema.TensorType.UINT8: np.uint8}
+INT_TYPES = {schema.TensorType.INT8: np.int8, schema.TensorType.UINT8: np.uint8}
 
 
 def package_for_mcu(tflite_path: Path, metadata: dict, out_dir: Path) -> dict:
@@ -35,12 +35,12 @@ def package_for_mcu(tflite_path: Path, metadata: dict, out_dir: Path) -> dict:
     returns the measured sizes, the operators and the files written (relative to `out_dir`)."""
     tflite_path, out_dir = Path(tflite_path), Path(out_dir)
     data = tflite_path.read_bytes()
-    model = _read_model(tflite_path, data)
+    model = read_model(tflite_path, data)
     graph = model.subgraphs[0]
     inp, out = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
-    if inp.type not in _INT_TYPES:
+    if inp.type not in INT_TYPES:
         raise EdgepipeError(
-            f"{tflite_path}: the input tensor is {_type_name(inp.type)}, not int8/uint8. Microcontrollers "
+            f"{tflite_path}: the input tensor is {type_name(inp.type)}, not int8/uint8. Microcontrollers "
             "need the full-integer model: use the int8 export (format tflite_int8)."
         )
     _, height, width, channels = (int(d) for d in inp.shape)
@@ -51,41 +51,25 @@ def package_for_mcu(tflite_path: Path, metadata: dict, out_dir: Path) -> dict:
     labels = [str(label) for label in metadata["labels"]]
     _check_metadata(tflite_path, metadata, labels, [1, height, width, channels], int(np.prod(out.shape)))
 
-    try:
-        arena_reported = tflm_reported_arena_bytes(tflite_path)
-        arena = tflm_arena_bytes(tflite_path)
-    except RuntimeError as exc:
-        raise EdgepipeError(
-            f"{tflite_path}: TensorFlow Lite Micro cannot run this model ({exc}). Its messages above name "
-            "the operator it failed on; change that layer in the model to one TFLite-Micro supports."
-        ) from None
-
     mean, std = float(metadata["normalization"]["mean"]), float(metadata["normalization"]["std"])
-    in_q, out_q = _quantization(inp), _quantization(out)
+    in_q, out_q = quantization(inp), quantization(out)
     facts = {
-        "source": tflite_path.name,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "arena": arena,
-        "arena_reported": arena_reported,
+        **file_facts(tflite_path, data),
         "shape": (height, width, channels),
-        "dtypes": (_type_name(inp.type), _type_name(out.type)),
+        "dtypes": (type_name(inp.type), type_name(out.type)),
         "labels": labels,
-        "ops": _operator_names(model),
+        "ops": operator_names(model),
         "mean": mean,
         "std": std,
         "input_q": in_q,
         "output_q": out_q,
-        "openmv_error": _openmv_input_error(_INT_TYPES[inp.type], *in_q, mean, std),
+        "openmv_error": _openmv_input_error(INT_TYPES[inp.type], *in_q, mean, std),
     }
     files = package_files(facts, data)
-    with atomic_path(out_dir) as tmp:
-        (tmp / "openmv").mkdir(parents=True)
-        shutil.copyfile(tflite_path, tmp / "openmv" / "trained.tflite")
-        for name, text in files.items():
-            (tmp / name).write_text(text)
+    write_package(out_dir, tflite_path, files)
     return {
-        "arena_bytes": arena,
-        "arena_reported_by_allocator": arena_reported,
+        "arena_bytes": facts["arena"],
+        "arena_reported_by_allocator": facts["arena_reported"],
         "flash_bytes": len(data),
         "c_array_bytes": len(data),
         "ops": facts["ops"],
@@ -94,13 +78,40 @@ def package_for_mcu(tflite_path: Path, metadata: dict, out_dir: Path) -> dict:
     }
 
 
-def _read_model(path: Path, data: bytes) -> schema.ModelT:
+def file_facts(tflite_path: Path, data: bytes) -> dict:
+    """The model file's name and sha256 and the tensor arena TFLite-Micro measurably needs for it."""
+    try:
+        arena_reported = tflm_reported_arena_bytes(tflite_path)
+        arena = tflm_arena_bytes(tflite_path)
+    except RuntimeError as exc:
+        raise EdgepipeError(
+            f"{tflite_path}: TensorFlow Lite Micro cannot run this model ({exc}). Its messages above name "
+            "the operator it failed on; change that layer in the model to one TFLite-Micro supports."
+        ) from None
+    return {
+        "source": tflite_path.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "arena": arena,
+        "arena_reported": arena_reported,
+    }
+
+
+def write_package(out_dir: Path, tflite_path: Path, files: dict[str, str]) -> None:
+    """The package folder, replaced atomically: the model as openmv/trained.tflite and the text files."""
+    with atomic_path(out_dir) as tmp:
+        (tmp / "openmv").mkdir(parents=True)
+        shutil.copyfile(tflite_path, tmp / "openmv" / "trained.tflite")
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+
+
+def read_model(path: Path, data: bytes) -> schema.ModelT:
     if data[4:8] != b"TFL3":
         raise EdgepipeError(f"{path}: not a TensorFlow Lite flatbuffer. Pass the int8 .tflite export.")
     return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(data), 0))
 
 
-def _type_name(code: int) -> str:
+def type_name(code: int) -> str:
     names = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
     return names.get(code, str(code)).lower()
 
@@ -121,7 +132,7 @@ def _check_metadata(path: Path, metadata: dict, labels: list[str], shape: list[i
         )
 
 
-def _operator_names(model: schema.ModelT) -> list[str]:
+def operator_names(model: schema.ModelT) -> list[str]:
     names = set()
     for code in model.operatorCodes:
         builtin = runtime.get_builtin_code_from_operator_code(code)
@@ -132,7 +143,7 @@ def _operator_names(model: schema.ModelT) -> list[str]:
     return sorted(names)
 
 
-def _quantization(tensor: schema.TensorT) -> tuple[float, int]:
+def quantization(tensor: schema.TensorT) -> tuple[float, int]:
     q = tensor.quantization
     if q is None or q.scale is None or not len(q.scale):
         return 1.0, 0  # a float tensor: the identity mapping

@@ -435,3 +435,40 @@ def test_the_shared_decoding_suppresses_boxes_as_the_tflite_op_does():
         same_detections(op_found, detections_from_raw(encodings, scores, anchors, nms), tolerance=1e-5)
         compared += c
     assert compared > 20
+
+
+def test_the_mcu_package_of_a_detector_holds_the_model_its_arena_and_an_openmv_script(exported, tmp_path):
+    import re
+    import shutil
+    import subprocess
+
+    from components.runtimes import tflm_arena_bytes
+    from components.tasks.detection.mcu import package_detector_for_mcu
+
+    files = exported[4]
+    metadata = {
+        "labels": list(CLASSES),
+        "input_shape": [1, 96, 96, 3],
+        "normalization": {"mean": 0.5, "std": 0.5},
+    }
+    out = tmp_path / "mcu"
+    facts = package_detector_for_mcu(files["int8.tflite"], metadata, out)
+    data = files["int8.tflite"].read_bytes()
+    assert facts["arena_bytes"] == tflm_arena_bytes(files["int8.tflite"]) and facts["max_detections"] == 25
+    assert "CUSTOM:TFLite_Detection_PostProcess" in facts["ops"]
+    assert (out / "openmv" / "trained.tflite").read_bytes() == data
+    source = (out / "model_data.cc").read_text()
+    array = bytes(int(v, 16) for v in re.findall(r"0x([0-9a-f]{2})", source))
+    assert array == data  # the C array is the model, byte for byte
+    header = (out / "model_data.h").read_text()
+    assert f"constexpr int kTensorArenaSize = {facts['arena_bytes']};" in header
+    assert "constexpr int kMaxDetections = 25;" in header and "constexpr int kNumClasses = 3;" in header
+    assert (out / "openmv" / "labels.txt").read_text().split() == list(CLASSES)
+    compile((out / "openmv" / "main.py").read_text(), "main.py", "exec")
+    assert shutil.which("g++"), "this test needs g++ (`apt-get install g++`; .ci/run installs it)"
+    subprocess.run(
+        ["g++", "-std=c++17", "-Wall", "-Werror", "-c", "model_data.cc", "-o", "m.o"], cwd=out, check=True
+    )
+    with pytest.raises(EdgepipeError, match="not a full-integer detector"):
+        package_detector_for_mcu(files["float32.tflite"], metadata, tmp_path / "float")
+    assert not (tmp_path / "float").exists()
