@@ -120,7 +120,7 @@ def main(
 
     truth = [GroundTruth(b, lab, size, size) for b, lab in zip(test.boxes, test.labels, strict=True)]
     x_test = normalize(test.images)
-    reference = predict_detections(float_model, test.images, anchors, nms, normalize)
+    reference = predict_detections(float_model, x_test, anchors, nms)
     table = Table(
         title=f"Detection on {len(test.images)} test images "
         f"({len(found.images)} annotated, {num_classes} classes, {size}x{size})"

@@ -29,7 +29,7 @@ def c_float(value: float) -> str:
     return f"{text}f" if any(ch in text for ch in ".e") else f"{text}.0f"
 
 
-def c_string(text: str) -> str:
+def _c_string(text: str) -> str:
     out = []
     for byte in text.encode():
         if byte in b'"\\?':  # "?" too, so no "??x" trigraph can form under older C compilers
@@ -95,7 +95,7 @@ constexpr int kNumOperators = {len(facts["ops"])};
 def c_source(facts: dict, data: bytes) -> str:
     rows = (data[i : i + BYTES_PER_LINE] for i in range(0, len(data), BYTES_PER_LINE))
     body = ",\n".join("  " + ", ".join(f"0x{b:02x}" for b in row) for row in rows)
-    labels = ",\n".join(f"    {c_string(label)}" for label in facts["labels"])
+    labels = ",\n".join(f"    {_c_string(label)}" for label in facts["labels"])
     # Including the header first gives these const definitions external linkage in C++.
     return f"""{generated_by(facts, "//")}
 #include "model_data.h"

@@ -40,11 +40,17 @@ def dequantize(y: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def litert(path: Path, threads: int = 2) -> Runner:
+def litert_interpreter(path: Path | str, threads: int = 2):
+    """A LiteRT interpreter of the file, tensors allocated."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     interpreter.allocate_tensors()
+    return interpreter
+
+
+def litert(path: Path, threads: int = 2) -> Runner:
+    interpreter = litert_interpreter(path, threads)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
 
@@ -69,9 +75,8 @@ def tflm(path: Path, threads: int = 1, arena_size: int | None = None) -> Runner:
         arena_size = tflm_arena_bytes(path)
     interpreter = runtime.Interpreter.from_file(str(path), arena_size=arena_size)
     inp, out = interpreter.get_input_details(0), interpreter.get_output_details(0)
-    in_q, out_q = inp["quantization_parameters"], out["quantization_parameters"]
-    in_scale, in_zero = _first(in_q["scales"]), int(_first(in_q["zero_points"]))
-    out_scale, out_zero = _first(out_q["scales"]), int(_first(out_q["zero_points"]))
+    in_scale, in_zero = tflm_quantization(inp)
+    out_scale, out_zero = tflm_quantization(out)
 
     def run(images: np.ndarray) -> np.ndarray:
         logits = []
@@ -85,8 +90,12 @@ def tflm(path: Path, threads: int = 1, arena_size: int | None = None) -> Runner:
     return run
 
 
-def _first(values: np.ndarray) -> float:
-    return float(values[0]) if len(values) else 0.0
+def tflm_quantization(details: dict) -> tuple[float, int]:
+    """(scale, zero point) of a TFLite-Micro tensor's details; (0.0, 0) for a float tensor."""
+    q = details["quantization_parameters"]
+    scale = float(q["scales"][0]) if len(q["scales"]) else 0.0
+    zero = int(q["zero_points"][0]) if len(q["zero_points"]) else 0
+    return scale, zero
 
 
 def tflm_reported_arena_bytes(path: Path) -> int:
@@ -201,13 +210,18 @@ def _c_output_of(call: Callable[[], object]) -> str:
         return sink.read()
 
 
-def onnxruntime(path: Path, threads: int = 2) -> Runner:
+def onnx_session(path: Path, threads: int = 2):
+    """An onnxruntime CPU session of the file with `threads` intra-op threads, warnings only."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime(path: Path, threads: int = 2) -> Runner:
+    session = onnx_session(path, threads)
     input_name = session.get_inputs()[0].name
 
     def run(images: np.ndarray) -> np.ndarray:
@@ -225,12 +239,7 @@ _OPENCV_LOAD = threading.Lock()
 def opencv_dnn(path: Path, threads: int = 2, engine: str | None = None, layout: str = "NHWC") -> Runner:
     """cv2.dnn with the given engine (OpenCV 5: "classic" or "new"). ONNX graphs take their declared NHWC
     input; OpenCV's TFLite importer wants an NCHW blob although the model declares NHWC."""
-    import cv2
-
-    read = cv2.dnn.readNetFromTFLite if Path(path).suffix == ".tflite" else cv2.dnn.readNetFromONNX
-    with _OPENCV_LOAD:
-        cv2.setNumThreads(threads)
-        net = read(str(path), opencv_engine(engine)) if engine else read(str(path))
+    net = opencv_net(path, threads, engine)
 
     def run(images: np.ndarray) -> np.ndarray:
         logits = []
@@ -241,6 +250,16 @@ def opencv_dnn(path: Path, threads: int = 2, engine: str | None = None, layout: 
         return np.stack(logits)
 
     return run
+
+
+def opencv_net(path: Path, threads: int = 2, engine: str | None = None):
+    """cv2.dnn's net of a .tflite or .onnx file, on the given engine (OpenCV 5: "classic" or "new")."""
+    import cv2
+
+    read = cv2.dnn.readNetFromTFLite if Path(path).suffix == ".tflite" else cv2.dnn.readNetFromONNX
+    with _OPENCV_LOAD:
+        cv2.setNumThreads(threads)
+        return read(str(path), opencv_engine(engine)) if engine else read(str(path))
 
 
 def opencv_engine(engine: str) -> int:

@@ -17,6 +17,7 @@ from components.tasks.detection.decode import Detections, NmsSettings, detection
 from components.tasks.detection.metrics import GroundTruth, agreement, coco_map
 from components.tasks.detection.model import anchor_grids
 from components.tasks.detection.scenes import CLASSES, write_detection_set
+from components.tasks.detection.train import predict_detections
 
 
 @pytest.fixture(scope="module")
@@ -245,15 +246,6 @@ def same_detections(found: Detections, expected: Detections, tolerance: float = 
         assert same.any(), (box, label, score, expected)
 
 
-def keras_detections(model, images, anchors, nms) -> list[Detections]:
-    from components.tasks.detection.decode import sigmoid
-
-    raw_boxes, raw_logits = model.predict(images, verbose=0)
-    return [
-        detections_from_raw(b, sigmoid(c), anchors, nms) for b, c in zip(raw_boxes, raw_logits, strict=True)
-    ]
-
-
 def test_the_tflite_detector_has_the_four_standard_outputs_and_computes_the_shared_decoding(exported):
     """LiteRT runs the fused TFLite_Detection_PostProcess; its outputs, in the file's order boxes, classes,
     scores, count, are what the shared numpy decoding makes of the Keras model's raw outputs."""
@@ -265,7 +257,7 @@ def test_the_tflite_detector_has_the_four_standard_outputs_and_computes_the_shar
     details = Interpreter(model_path=str(files["float32.tflite"])).get_output_details()
     assert [d["shape"].tolist() for d in details] == [[1, 25, 4], [1, 25], [1, 25], [1]]
     found = litert_detector(files["float32.tflite"])(images)
-    for got, want in zip(found, keras_detections(model, images, anchors, nms), strict=True):
+    for got, want in zip(found, predict_detections(model, images, anchors, nms), strict=True):
         same_detections(got, want)
     assert sum(len(d.scores) for d in found) > 8  # the comparison covered real detections
 
@@ -274,7 +266,7 @@ def test_the_onnx_detector_decodes_alike_in_onnxruntime_and_both_opencv_engines(
     from components.tasks.detection.runtimes import onnxruntime_detector, opencv_detector
 
     model, anchors, images, nms, files, _ = exported
-    expected = keras_detections(model, images, anchors, nms)
+    expected = predict_detections(model, images, anchors, nms)
     for run in (
         onnxruntime_detector(files["float32.onnx"], anchors, nms),
         opencv_detector(files["float32.onnx"], anchors, nms, "classic"),

@@ -151,11 +151,9 @@ class DetectionBatches(keras.utils.Sequence):
         return math.ceil(len(self.split.images) / self.batch_size)
 
     def on_epoch_end(self) -> None:
-        n = len(self.split.images)
         if self.augment:
             self.rng.shuffle(self.order)
-        draws = self.rng.random((n, 6))
-        self.draws = draws if self.augment else None
+        self.draws = self.rng.random((len(self.split.images), 6)) if self.augment else None
 
     def __getitem__(self, index: int):
         picked = self.order[index * self.batch_size : (index + 1) * self.batch_size]

@@ -15,6 +15,9 @@ import numpy as np
 
 from components.tasks.detection.anchors import decode
 
+# The raw outputs this decoding reads, as a detector file without the op names them (model.with_scores).
+BOX_OUTPUT, SCORE_OUTPUT = "box_encodings", "class_scores"
+
 
 @dataclass(frozen=True)
 class Detections:

@@ -16,7 +16,6 @@ from components.tasks.detection.anchors import SCALES
 from components.tasks.detection.decode import NmsSettings
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
-OUTPUTS = ("boxes", "classes", "scores", "count")  # the op's outputs, in its order
 
 
 def postprocess_signature(num_classes: int, nms: NmsSettings) -> str:

@@ -12,17 +12,14 @@ from __future__ import annotations
 import mlflow.pyfunc
 import numpy as np
 
-from components.runtimes import quantize
+from components.runtimes import litert_interpreter, quantize
 
 OUTPUT_NAMES = ("boxes", "classes", "scores", "count")  # the op's outputs, the file's order
 
 
 class LiteRTDetector(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._interpreter = Interpreter(model_path=context.artifacts["tflite"], num_threads=1)
-        self._interpreter.allocate_tensors()
+        self._interpreter = litert_interpreter(context.artifacts["tflite"], threads=1)
         self._input = self._interpreter.get_input_details()[0]
         self._outputs = [d["index"] for d in self._interpreter.get_output_details()]
 

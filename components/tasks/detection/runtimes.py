@@ -10,9 +10,21 @@ from pathlib import Path
 
 import numpy as np
 
-from components.runtimes import opencv_engine, quantize, tflm_arena_bytes
-from components.tasks.detection.decode import Detections, NmsSettings, detections_from_raw
-from components.tasks.detection.model import BOX_OUTPUT, SCORE_OUTPUT
+from components.runtimes import (
+    litert_interpreter,
+    onnx_session,
+    opencv_net,
+    quantize,
+    tflm_arena_bytes,
+    tflm_quantization,
+)
+from components.tasks.detection.decode import (
+    BOX_OUTPUT,
+    SCORE_OUTPUT,
+    Detections,
+    NmsSettings,
+    detections_from_raw,
+)
 
 DetectionRunner = Callable[[np.ndarray], list[Detections]]
 
@@ -27,10 +39,7 @@ def _from_outputs(boxes, classes, scores, count) -> Detections:
 
 
 def litert_detector(path: Path, threads: int = 2) -> DetectionRunner:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
+    interpreter = litert_interpreter(path, threads)
     given = interpreter.get_input_details()[0]
     outputs = [d["index"] for d in interpreter.get_output_details()]  # boxes, classes, scores, count
 
@@ -52,9 +61,7 @@ def tflm_detector(path: Path, arena_size: int | None = None) -> DetectionRunner:
 
     interpreter = runtime.Interpreter.from_file(str(path), arena_size=arena_size or tflm_arena_bytes(path))
     given = interpreter.get_input_details(0)
-    q = given["quantization_parameters"]
-    scale = float(q["scales"][0]) if len(q["scales"]) else 0.0
-    zero = int(q["zero_points"][0]) if len(q["zero_points"]) else 0
+    scale, zero = tflm_quantization(given)
 
     def run(images: np.ndarray) -> list[Detections]:
         found = []
@@ -70,12 +77,7 @@ def tflm_detector(path: Path, arena_size: int | None = None) -> DetectionRunner:
 def onnxruntime_detector(
     path: Path, anchors: np.ndarray, nms: NmsSettings, threads: int = 2
 ) -> DetectionRunner:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads)
     name = session.get_inputs()[0].name
 
     def run(images: np.ndarray) -> list[Detections]:
@@ -91,15 +93,8 @@ def onnxruntime_detector(
 def opencv_detector(
     path: Path, anchors: np.ndarray, nms: NmsSettings, engine: str | None = None, threads: int = 2
 ) -> DetectionRunner:
-    import cv2
-
-    cv2.setNumThreads(threads)
-    net = (
-        cv2.dnn.readNetFromONNX(str(path), opencv_engine(engine))
-        if engine
-        else cv2.dnn.readNetFromONNX(str(path))
-    )
-    names = (BOX_OUTPUT, SCORE_OUTPUT)  # the ONNX file's output names (bench/detection.py with_scores)
+    net = opencv_net(path, threads, engine)
+    names = (BOX_OUTPUT, SCORE_OUTPUT)  # the ONNX file's output names (model.with_scores)
 
     def run(images: np.ndarray) -> list[Detections]:
         found = []

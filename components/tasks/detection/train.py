@@ -48,8 +48,9 @@ def fit_detector(
 
 
 def predict_detections(
-    model: keras.Model, images: np.ndarray, anchors: np.ndarray, nms: NmsSettings, normalize
+    model: keras.Model, inputs: np.ndarray, anchors: np.ndarray, nms: NmsSettings
 ) -> list[Detections]:
-    boxes, logits = model.predict(normalize(images), verbose=0, batch_size=32)
+    """The Keras detector's detections on normalised inputs, through the shared decoding."""
+    boxes, logits = model.predict(inputs, verbose=0, batch_size=32)
     scores = sigmoid(logits)
     return [detections_from_raw(b, s, anchors, nms) for b, s in zip(boxes, scores, strict=True)]
