@@ -418,6 +418,11 @@ def log_to_mlflow(uri: str, experiment: str, rows: list[dict], env: dict, files:
 def benchmark(root: Path, params_path: Path, format_names: str | None, use_mlflow: bool) -> list[dict]:
     """The whole benchmark: check inputs, measure every cell, print, write the reports, log to MLflow."""
     params = load_params(params_path)
+    if params.task == "detection":
+        raise EdgepipeError(
+            f"{params_path}: task detection. This benchmark measures classifiers (logits); a detector's "
+            "latency, mAP and size per runtime are measured by bench/detection.py."
+        )
     paths = ProjectPaths(root)
     formats = select_formats(format_names, paths.export_dir)
     uri = None

@@ -1,5 +1,6 @@
-"""Object detection end to end, outside the DAG (issue #13: `task: detection` is not wired into the
-stages yet): the generated annotated scenes (components/tasks/detection/scenes.py) or a folder of yours
+"""Object detection end to end in one process, outside the DAG (the pipeline runs the same modules for
+`task: detection`; this script compares the unpruned PTQ file too and times each step): the generated
+annotated scenes (components/tasks/detection/scenes.py) or a folder of yours
 (YOLO or COCO layout) -> the SSD-style MobileNetV2 detector trained from scratch -> pruning -> pruning-
 preserving QAT -> TFLite float32 / float16 / int8 PTQ / int8 QAT with TFLite_Detection_PostProcess fused,
 and ONNX float with raw outputs -> every file in the runtimes that run it, scored with COCO mAP

@@ -65,8 +65,10 @@ class SplitSpec(Section):
 
 class DataConfig(Section):
     raw_dir: Path = Path("data/raw")
-    # When raw_dir holds no images: "digits" writes sklearn's bundled load_digits there; "none" is an error.
-    bundled_if_empty: Literal["digits", "none"] = "digits"
+    # When raw_dir holds no images, the bundled set written there: "digits" (sklearn's load_digits, for
+    # classification), "scenes" (generated annotated scenes, for detection: components/tasks/detection/
+    # scenes.py), "auto" (the task's), "none" (an error).
+    bundled_if_empty: Literal["auto", "digits", "scenes", "none"] = "auto"
     image: ImageSpec = ImageSpec()
     split: SplitSpec = SplitSpec()
     # A file that is not a readable image: "error" lists every such file and stops; "skip" leaves them out
@@ -186,12 +188,53 @@ class QatConfig(Section):
     learning_rate: float = Field(1e-4, gt=0, lt=1)
 
 
+class NmsConfig(Section):
+    """The detector's post-processing, the same in every runtime (the fused TFLite op's attributes, the
+    shared decoding of the ONNX and Keras outputs)."""
+
+    # Low: COCO mAP integrates over every score; an app raises it (or reads only the confident boxes).
+    score_threshold: Threshold = 0.05
+    iou_threshold: Threshold = 0.5
+    max_detections: int = Field(20, ge=1, le=100, description="per image, best first")
+
+
+class DetectionConfig(Section):
+    """Read with `task: detection` only (components/tasks/detection)."""
+
+    # How an image of another shape becomes the square input: stretch (every pixel used, shapes distorted)
+    # or letterbox (aspect kept, grey bars as Ultralytics and OpenMV pad). Recorded in the metadata.
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    nms: NmsConfig = NmsConfig()
+    # The float detector must reach this COCO mAP@0.5 on the validation split, or the run stops after
+    # training with a diagnosis (the detection counterpart of train.min_val_accuracy).
+    min_val_map: Threshold = 0.25
+
+
 class ExportConfig(Section):
     onnx_opset: int = Field(13, ge=13, le=21)
     representative_samples: int = Field(200, ge=1, le=100_000)
 
 
+Task = Literal["classification", "detection"]
+# What `auto` model settings are for each task: the classifier of the bundled digits, and a MobileNetV2
+# detector whose int8 file (stride-16 and -32 heads, Conv_1 left out: model.FEATURE_LAYERS) fits 256 KiB.
+TASK_MODEL_DEFAULTS: dict[str, dict] = {
+    "classification": {"name": "edgepipe-digits", "architecture": "small_cnn", "width_multiplier": 1.0},
+    "detection": {"name": "edgepipe-detector", "architecture": "mobilenet_v2", "width_multiplier": 0.35},
+}
+TASK_BUNDLED_DATA = {"classification": "digits", "detection": "scenes"}
+# `train.batch_size: auto`: a detector needs more steps than a classifier (anchor matching, focal loss). On
+# the bundled scenes (280 training images, 60 epochs) batch 32 reached val mAP@0.5 0.29, batch 16 0.8+.
+TASK_BATCH_SIZE = {"classification": 32, "detection": 16}
+# `gates.max_bytes.<format>: auto`: the flash a task's release file may take. 256 KiB leaves flash for the
+# firmware on an OpenMV-class camera; the SSD detector's int8 file (about 380 KB at 96x96, alpha 0.35)
+# needs an OpenMV H7 Plus / RT1062-class camera, 512 KiB of its flash.
+TASK_MAX_BYTES = {"classification": 262144, "detection": 524288}
+
+
 class Params(Section):
+    # classification: a folder per class; detection: annotated images (YOLO or COCO layout), SSD boxes
+    task: Task = "classification"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -204,6 +247,48 @@ class Params(Section):
     release: ReleaseConfig = ReleaseConfig()
     serve: ServeConfig = ServeConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    detection: DetectionConfig = DetectionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, raw: object) -> object:
+        """`auto` (or unset) model settings and bundled data become the task's (TASK_MODEL_DEFAULTS)."""
+        if not isinstance(raw, dict):
+            return raw
+        task = raw.get("task", "classification")
+        if task not in TASK_MODEL_DEFAULTS:
+            return raw  # the field's own check names the allowed values
+        model, data, train = (raw.get(key) or {} for key in ("model", "data", "train"))
+        if not all(isinstance(section, dict) for section in (model, data, train)):
+            return raw  # the section's own check says what is wrong
+        model, data, train = dict(model), dict(data), dict(train)
+        if train.get("batch_size", "auto") == "auto":
+            train["batch_size"] = TASK_BATCH_SIZE[task]
+        for key, value in TASK_MODEL_DEFAULTS[task].items():
+            if model.get(key, "auto") == "auto":
+                model[key] = value
+        if data.get("bundled_if_empty", "auto") == "auto":
+            data["bundled_if_empty"] = TASK_BUNDLED_DATA[task]
+        resolved = {**raw, "model": model, "data": data, "train": train}
+        gates = raw.get("gates")
+        if isinstance(gates, dict) and isinstance(gates.get("max_bytes"), dict):
+            sizes = {k: TASK_MAX_BYTES[task] if v == "auto" else v for k, v in gates["max_bytes"].items()}
+            resolved["gates"] = {**gates, "max_bytes": sizes}
+        return resolved
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> Params:
+        if self.task == "detection" and self.model.architecture != "mobilenet_v2":
+            raise ValueError(
+                "model.architecture: task detection has a MobileNetV2 backbone; set mobilenet_v2 or auto"
+            )
+        bundled = self.data.bundled_if_empty
+        if bundled not in ("none", TASK_BUNDLED_DATA[self.task]):
+            raise ValueError(
+                f"data.bundled_if_empty: {bundled} is not data for task {self.task}; use "
+                f"{TASK_BUNDLED_DATA[self.task]}, auto or none"
+            )
+        return self
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> Params:

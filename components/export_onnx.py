@@ -25,7 +25,7 @@ from components.atomic import atomic_path, write_json
 from components.config import ExportConfig, Params
 from components.dataset import read_dataset_info
 from components.export_tflite import representative_samples
-from components.formats import by_container
+from components.formats import ExportFormat, by_container
 from components.model import load_model
 from components.paths import ProjectPaths
 
@@ -64,7 +64,7 @@ def with_stable_names(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # Registry keys that describe the conversion (shown by `edgepipe formats`) rather than set a keyword.
-_DESCRIPTIVE_KEYS = ("converter", "calibration")
+_DESCRIPTIVE_KEYS = ("converter", "calibration", "outputs")
 _ENUMS = {"quant_format": QuantFormat, "activation_type": QuantType, "weight_type": QuantType}
 
 
@@ -93,14 +93,20 @@ class _Calibration(CalibrationDataReader):
 
 
 def export_onnx(
-    config: ExportConfig, prepared_dir: Path, pruned_model: Path, export_dir: Path
+    config: ExportConfig,
+    prepared_dir: Path,
+    model,
+    export_dir: Path,
+    formats: tuple[ExportFormat, ...] | None = None,
+    metadata: dict | None = None,
 ) -> dict[str, int]:
-    """Write every ONNX format of the registry; returns {format name: file bytes}."""
+    """Write every ONNX format of the registry (`formats`: a task's rows) from the Keras `model`, with
+    `metadata` beside the input's; returns {format name: file bytes}."""
     info = read_dataset_info(prepared_dir)
-    float_proto = to_onnx(load_model(pruned_model), info.input_shape, config.onnx_opset)
+    float_proto = to_onnx(model, info.input_shape, config.onnx_opset)
     protos: dict[str, onnx.ModelProto] = {}
     sizes = {}
-    for fmt in by_container("onnx"):
+    for fmt in formats or by_container("onnx"):
         if fmt.derived_from is None:
             proto = onnx.ModelProto.FromString(float_proto.SerializeToString())
         else:
@@ -108,7 +114,7 @@ def export_onnx(
             proto = quantize_int8(protos[fmt.derived_from], calibration, fmt.converter)
         protos[fmt.name] = proto
         del proto.metadata_props[:]
-        for key, value in {**info.metadata(), "format": fmt.name}.items():
+        for key, value in {**info.metadata(), **(metadata or {}), "format": fmt.name}.items():
             proto.metadata_props.add(key=key, value=json.dumps(value))
         onnx.checker.check_model(proto)
         with atomic_path(fmt.path(export_dir)) as tmp:
@@ -120,6 +126,6 @@ def export_onnx(
 
 def run_stage(params: Params, paths: ProjectPaths) -> dict:
     """The `export_onnx` stage: every .onnx format of the registry; bytes to metrics."""
-    sizes = export_onnx(params.export, paths.prepared_dir, paths.pruned_model, paths.export_dir)
+    sizes = export_onnx(params.export, paths.prepared_dir, load_model(paths.pruned_model), paths.export_dir)
     write_json(paths.metrics_file("export_onnx"), {"bytes": sizes})
     return sizes

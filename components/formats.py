@@ -9,7 +9,7 @@ does not block a release.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -160,30 +160,64 @@ FORMATS: tuple[ExportFormat, ...] = (
     ),
 )
 
+# Detection (task: detection): the same six files, made by components/tasks/detection. Every .tflite holds
+# the fused TFLite_Detection_PostProcess op and its four standard outputs (boxes, classes, scores, count),
+# which OpenCV's TFLite importer does not run, so OpenCV runs the ONNX files: they hold the raw outputs
+# (box encodings, class scores) that the shared decoding (components/tasks/detection/decode.py) turns into
+# the same detections. The int8 files keep float outputs: the op writes float boxes and scores.
+_DETECTION_INT8 = {
+    "allow_custom_ops": True,
+    "optimizations": "DEFAULT",
+    "representative_dataset": "train split",
+    "supported_ops": "TFLITE_BUILTINS_INT8",
+    "inference_input_type": "int8",
+}
+_DETECTION_ROWS = {
+    "tflite_float32": ({"allow_custom_ops": True}, (RuntimeTarget("litert"),)),
+    "tflite_float16": (
+        {"allow_custom_ops": True, "optimizations": "DEFAULT", "supported_types": "float16"},
+        (RuntimeTarget("litert"),),
+    ),
+    "tflite_int8_ptq": (_DETECTION_INT8, (RuntimeTarget("litert"), RuntimeTarget("tflm"))),
+    "tflite_int8": (_DETECTION_INT8, (RuntimeTarget("litert"), RuntimeTarget("tflm"))),
+}
+DETECTION_FORMATS: tuple[ExportFormat, ...] = tuple(
+    replace(fmt, converter=_DETECTION_ROWS[fmt.name][0], runtimes=_DETECTION_ROWS[fmt.name][1])
+    if fmt.name in _DETECTION_ROWS
+    else replace(fmt, converter={**fmt.converter, "outputs": "box encodings, class scores (raw)"})
+    for fmt in FORMATS
+)
+
+
+def formats_for(task: str) -> tuple[ExportFormat, ...]:
+    """The registry's rows for a task (params.yaml `task`): the same names and files, task-made."""
+    return DETECTION_FORMATS if task == "detection" else FORMATS
+
+
 # The artifact registered as an MLflow model version when the gates pass, and packaged for microcontrollers.
 RELEASE_FORMAT = "tflite_int8"
 
 RUNTIME_NAMES: tuple[str, ...] = ("litert", "onnxruntime", "opencv_dnn", "tflm")
 
 
-def by_container(container: str) -> tuple[ExportFormat, ...]:
-    return tuple(fmt for fmt in FORMATS if fmt.container == container)
+def by_container(container: str, task: str = "classification") -> tuple[ExportFormat, ...]:
+    return tuple(fmt for fmt in formats_for(task) if fmt.container == container)
 
 
-def get_format(name: str) -> ExportFormat:
-    for fmt in FORMATS:
+def get_format(name: str, task: str = "classification") -> ExportFormat:
+    for fmt in formats_for(task):
         if fmt.name == name:
             return fmt
     raise KeyError(name)
 
 
-def registry_markdown() -> str:
+def registry_markdown(task: str = "classification") -> str:
     """The registry as the Markdown table the README shows (a test checks the README holds it)."""
     rows = [
         "| format | file | precision | made from | must run in | also run, not required |",
         "|---|---|---|---|---|---|",
     ]
-    for fmt in FORMATS:
+    for fmt in formats_for(task):
         required = ", ".join(_target_doc(t) for t in fmt.runtimes if t.required)
         tried = ", ".join(t.name for t in fmt.runtimes if not t.required) or "-"
         source = {"float": "float model", "pruned": "pruned model", "qat": "pruned QAT model"}[fmt.source]

@@ -13,7 +13,11 @@ if TYPE_CHECKING:
 
 
 def gate_failures(
-    gates: GatesConfig, float_accuracy: float, artifacts: dict[str, Artifact], cells: list[Cell]
+    gates: GatesConfig,
+    float_accuracy: float,
+    artifacts: dict[str, Artifact],
+    cells: list[Cell],
+    score_name: str = "accuracy",
 ) -> list[str]:
     """Every gate a required cell or an artifact misses, each naming the gate and the measured value."""
     failures = []
@@ -23,7 +27,7 @@ def gate_failures(
             failures.append(f"{name}: {artifact.bytes} bytes > gates.max_bytes.{name} {limit}")
     for cell in cells:
         if cell.required:
-            failures += cell_failures(gates, float_accuracy, cell)
+            failures += cell_failures(gates, float_accuracy, cell, score_name)
     return failures
 
 
@@ -32,17 +36,20 @@ def gate_failures(
 EPSILON = 1e-9
 
 
-def cell_failures(gates: GatesConfig, float_accuracy: float, cell: Cell) -> list[str]:
-    """The gates one cell misses, whether or not it is required."""
+def cell_failures(
+    gates: GatesConfig, float_accuracy: float, cell: Cell, score_name: str = "accuracy"
+) -> list[str]:
+    """The gates one cell misses, whether or not it is required. `score_name`: what `accuracy` measures
+    (mAP@0.5 for a detector); gates.max_accuracy_drop bounds its drop either way."""
     where = f"{cell.format} on {cell.runtime}"
     if not cell.loaded:
         return [f"{where}: could not run ({cell.error})"]
     failures = []
     drop, max_drop = float_accuracy - cell.accuracy, gates.accuracy_drop_for(cell.format)
     if drop > max_drop + EPSILON:
-        failures.append(f"{where}: accuracy drop {drop:.4f} > gates.max_accuracy_drop {max_drop}")
+        failures.append(f"{where}: {score_name} drop {drop:.4f} > gates.max_accuracy_drop {max_drop}")
     error, max_error = cell.logit_error, gates.max_logit_error.get(cell.precision)
-    if max_error is not None and error > max_error:
+    if max_error is not None and error is not None and error > max_error:  # None: no logits (detection)
         failures.append(
             f"{where}: max logit difference {error:.4f} of the logit range > "
             f"gates.max_logit_error.{cell.precision} {max_error} (it computes a different function "
@@ -51,7 +58,8 @@ def cell_failures(gates: GatesConfig, float_accuracy: float, cell: Cell) -> list
     same_file = cell.runtime_agreement
     if same_file is not None and same_file < gates.min_runtime_agreement - EPSILON:
         failures.append(
-            f"{where}: top-1 agreement {same_file:.4f} with {cell.reference_runtime} on the same "
+            f"{where}: {'top-1 ' if cell.logit_error is not None else ''}agreement {same_file:.4f} with "
+            f"{cell.reference_runtime} on the same "
             f"file < gates.min_runtime_agreement {gates.min_runtime_agreement}"
         )
     bar = gates.agreement_for(cell.runtime)
@@ -88,8 +96,8 @@ def grouped_failures(failures: list[str]) -> str:
     return "\n".join(lines)
 
 
-def cell_status(cell: Cell, gates: GatesConfig, float_accuracy: float) -> str:
+def cell_status(cell: Cell, gates: GatesConfig, float_accuracy: float, score_name: str = "accuracy") -> str:
     """pass, fail (a required cell that misses a gate) or known failure (a cell reported only, which does)."""
-    if not cell_failures(gates, float_accuracy, cell):
+    if not cell_failures(gates, float_accuracy, cell, score_name):
         return "pass"
     return "fail" if cell.required else "known failure"

@@ -2,7 +2,7 @@
 
 The folder is read and checked by components.image_folder. Images of any size or channel count are
 converted to the configured channels and resized (bilinear) to the configured size. Before it, `ingest`
-makes sure the folder holds images (`ensure_raw_data`: the bundled digits when allowed).
+makes sure the folder holds images (components.bundled_data: the bundled digits when allowed).
 """
 
 from __future__ import annotations
@@ -12,50 +12,17 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from components.atomic import atomic_path, write_json
 from components.config import ARCHITECTURE_INPUT_SIZE, DataConfig, ImageSpec, Params
 from components.errors import EdgepipeError
 from components.hashing import file_digest
-from components.image_folder import decode_folder, has_images, scan_image_folder
+from components.image_folder import decode_folder, scan_image_folder
 from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
-
-def write_bundled_digits(raw_dir: Path) -> int:
-    """Write sklearn's bundled 8x8 digits (1,797 images, shipped with scikit-learn) as PNG class folders."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    for index, (image, target) in enumerate(zip(digits.images, digits.target, strict=True)):
-        class_dir = raw_dir / str(target)
-        class_dir.mkdir(parents=True, exist_ok=True)
-        pixels = np.round(image * (255.0 / 16.0)).astype(np.uint8)
-        Image.fromarray(pixels).save(class_dir / f"digit_{index:04d}.png")
-    log.info("wrote %d bundled digit images to %s", len(digits.images), raw_dir)
-    return len(digits.images)
-
-
-def ensure_raw_data(config: DataConfig, raw_dir: Path) -> Path:
-    """Make sure raw_dir holds images: write the bundled digits if it is empty and that is allowed."""
-    if raw_dir.exists() and not raw_dir.is_dir():
-        raise EdgepipeError(
-            f"{raw_dir}: is a file, not a folder. Set data.raw_dir in params.yaml to a folder with one "
-            "subfolder per class."
-        )
-    if has_images(raw_dir):
-        return raw_dir
-    if config.bundled_if_empty == "none":
-        raise EdgepipeError(
-            f"{raw_dir}: no images found. Put images in {raw_dir}/<class name>/*.png (or .jpg/.jpeg/.bmp), "
-            "or set data.bundled_if_empty: digits in params.yaml to use the bundled dataset."
-        )
-    write_bundled_digits(raw_dir)
-    return raw_dir
 
 
 def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:

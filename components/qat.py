@@ -39,14 +39,14 @@ def load_qat_model(pruned_model: Path, qat_weights: Path) -> object:
     if key not in _KEPT:
         model = quantization_aware(load_model(pruned_model))
         model.load_weights(qat_weights)
-        _keep(key, model)
+        keep_qat_model(key, model)
     return _KEPT[key]
 
 
 _KEPT: dict[tuple[str, str], object] = {}  # {(pruned sha256, weights sha256): QAT model}, at most one
 
 
-def _keep(key: tuple[str, str], model: object) -> None:
+def keep_qat_model(key: tuple[str, str], model: object) -> None:
     _KEPT.clear()
     _KEPT[key] = model
 
@@ -77,7 +77,7 @@ def qat(
     }
     with atomic_path(weights_out) as tmp:
         model.save_weights(tmp)
-    _keep((file_digest(pruned_model), file_digest(weights_out)), model)  # these weights, in memory
+    keep_qat_model((file_digest(pruned_model), file_digest(weights_out)), model)  # these weights, in memory
     write_history(history_out, history.history)
     write_json(metrics_out, metrics)
     log.info("quantization-aware fine-tuning: %s", metrics)

@@ -30,6 +30,7 @@ from components.formats import RELEASE_FORMAT, get_format
 from components.paths import ProjectPaths
 from components.registry import Registration, check_reachable, existing_version, tracking_uri
 from components.results import ValidationReport
+from components.tasks.detection.pyfunc import log_detector_models
 from components.tracking import DESCRIPTION_TAG, fit_tag, flatten
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def validation_metrics(report: ValidationReport) -> dict[str, float]:
         metrics[f"{cell.key}.passed"] = float(cell.status == "pass")
         for measure in (
             "accuracy",
+            "map_50_95",
             "agreement",
             "max_abs_diff",
             "logit_error",
@@ -71,8 +73,9 @@ def validation_metrics(report: ValidationReport) -> dict[str, float]:
     for model, classes in report.per_class.items():
         for name, scores in classes.items():
             safe = re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)  # MLflow's allowed metric-name characters
-            for measure in ("precision", "recall", "f1"):
-                metrics[f"per_class.{model}.{safe}.{measure}"] = scores[measure]
+            for measure in ("precision", "recall", "f1", "ap_50"):  # ap_50: a detector's
+                if measure in scores:
+                    metrics[f"per_class.{model}.{safe}.{measure}"] = scores[measure]
     return metrics
 
 
@@ -82,6 +85,8 @@ def log_run_details(description: str, prepared_dir: Path, report: ValidationRepo
     mlflow.set_tag(DESCRIPTION_TAG, fit_tag(description))
     if report.confusion:
         classes = read_dataset_info(prepared_dir).classes  # rows and columns, in label order
+        if report.task == "detection":
+            classes = [*classes, "background"]  # misses and false alarms
         mlflow.log_dict({"classes": classes, **report.confusion}, "confusion_matrices.json")
 
 
@@ -107,7 +112,6 @@ def register(params: Params, paths: ProjectPaths, record: RunRecord) -> Registra
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(params.mlflow.experiment)
-    release = get_format(RELEASE_FORMAT)
     x_example, _ = load_split(paths.prepared_dir, "test")
     x_example = x_example[:4]
     report, run_id = record.report, record.run_id
@@ -129,35 +133,8 @@ def register(params: Params, paths: ProjectPaths, record: RunRecord) -> Registra
             else:
                 mlflow.log_artifact(str(path), artifact_path=path.parent.name)
 
-        tflite = release.path(paths.export_dir)
-        logits = components.runtimes.litert(tflite)(x_example)
-        # The pyfunc returns probabilities: same shape and dtype as the logits.
-        signature = infer_signature(x_example, logits.astype(np.float32))
-        # Pickle the wrapper by value so the logged model loads without edgepipe installed.
-        cloudpickle.register_pickle_by_value(components.litert_pyfunc)
-        cloudpickle.register_pickle_by_value(components.runtimes)
-        try:
-            tflite_info = mlflow.pyfunc.log_model(
-                name=release.name,
-                python_model=components.litert_pyfunc.LiteRTClassifier(),
-                artifacts={"tflite": str(tflite)},
-                signature=signature,
-                input_example=x_example,
-                pip_requirements=PYFUNC_REQUIREMENTS,
-                metadata={"edgepipe_format": release.name, "sha256": record.version_tags["sha256"]},
-            )
-        finally:
-            cloudpickle.unregister_pickle_by_value(components.litert_pyfunc)
-            cloudpickle.unregister_pickle_by_value(components.runtimes)
-        onnx_format = get_format("onnx_float32")
-        mlflow.onnx.log_model(
-            onnx.load(str(onnx_format.path(paths.export_dir))),
-            name=onnx_format.name,
-            signature=infer_signature(x_example[:1], logits[:1]),
-            # named, not inferred: MLflow infers them by loading the model in a subprocess (~11 s here)
-            pip_requirements=mlflow.onnx.get_default_pip_requirements(),
-        )
-
+        log_model = log_detector_models if params.task == "detection" else log_classifier_models
+        tflite_info = log_model(paths.export_dir, x_example, record.version_tags["sha256"])
         version = None
         new_version = False
         if report.passed and params.mlflow.register_model:
@@ -191,3 +168,38 @@ def register(params: Params, paths: ProjectPaths, record: RunRecord) -> Registra
             new_version=new_version,
             tracking_uri=uri,
         )
+
+
+def log_classifier_models(export_dir: Path, x_example: np.ndarray, sha256: str):
+    """The release .tflite as a pyfunc (class probabilities from LiteRT) and the float ONNX as an MLflow
+    ONNX model; returns the pyfunc's model info (what a version registers)."""
+    release = get_format(RELEASE_FORMAT)
+    tflite = release.path(export_dir)
+    logits = components.runtimes.litert(tflite)(x_example)
+    # The pyfunc returns probabilities: same shape and dtype as the logits.
+    signature = infer_signature(x_example, logits.astype(np.float32))
+    # Pickle the wrapper by value so the logged model loads without edgepipe installed.
+    cloudpickle.register_pickle_by_value(components.litert_pyfunc)
+    cloudpickle.register_pickle_by_value(components.runtimes)
+    try:
+        tflite_info = mlflow.pyfunc.log_model(
+            name=release.name,
+            python_model=components.litert_pyfunc.LiteRTClassifier(),
+            artifacts={"tflite": str(tflite)},
+            signature=signature,
+            input_example=x_example,
+            pip_requirements=PYFUNC_REQUIREMENTS,
+            metadata={"edgepipe_format": release.name, "sha256": sha256},
+        )
+    finally:
+        cloudpickle.unregister_pickle_by_value(components.litert_pyfunc)
+        cloudpickle.unregister_pickle_by_value(components.runtimes)
+    onnx_format = get_format("onnx_float32")
+    mlflow.onnx.log_model(
+        onnx.load(str(onnx_format.path(export_dir))),
+        name=onnx_format.name,
+        signature=infer_signature(x_example[:1], logits[:1]),
+        # named, not inferred: MLflow infers them by loading the model in a subprocess (~11 s here)
+        pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+    )
+    return tflite_info

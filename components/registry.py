@@ -80,22 +80,25 @@ def next_version(uri: str, model_name: str) -> int:
 
 
 def promote_champion(uri: str, model_name: str, version: str, alias: str) -> str:
-    """Move `alias` to `version` unless the current holder scored better (`test_accuracy` tag: top-1
-    accuracy of the release file in LiteRT). Records the decision on the version; returns it in words."""
+    """Move `alias` to `version` unless the current holder scored better (the release file's score in LiteRT:
+    its `test_accuracy` tag, top-1, or `test_map_50`, a detector's COCO mAP@0.5). Records the decision
+    on the version; returns it in words."""
     client = MlflowClient(uri)
     new = client.get_model_version(model_name, version)
     try:
         current = client.get_model_version_by_alias(model_name, alias)
     except MlflowException:  # no version holds the alias yet
         current = None
-    new_score = float(new.tags["test_accuracy"])
+    score_tag = "test_map_50" if "test_map_50" in new.tags else "test_accuracy"
+    score_words = score_tag.replace("_", " ").replace("map 50", "mAP@0.5")
+    new_score = float(new.tags[score_tag])
     if current is not None and str(current.version) == str(new.version):
         return f"{alias} is already version {version}"
-    current_score = float(current.tags.get("test_accuracy", "-inf")) if current is not None else None
+    current_score = float(current.tags.get(score_tag, "-inf")) if current is not None else None
     if current_score is None or new_score >= current_score:
         client.set_registered_model_alias(model_name, alias, version)
         was = "" if current is None else f" (was version {current.version}, {current_score:.4f})"
-        decision = f"{alias} -> version {version}: test accuracy {new_score:.4f}{was}"
+        decision = f"{alias} -> version {version}: {score_words} {new_score:.4f}{was}"
     else:
         decision = (
             f"{alias} stays on version {current.version}: version {version} scored {new_score:.4f} < "

@@ -117,7 +117,7 @@ def release_tags(paths: ProjectPaths, report: ValidationReport) -> dict[str, str
     release_file = get_format(RELEASE_FORMAT).path(paths.export_dir)
     tags = {"sha256": file_digest(release_file), "dvc_md5": versioning.locked_md5(paths.root, release_file)}
     if (accuracy := release_accuracy(report)) is not None:
-        tags["test_accuracy"] = f"{accuracy:.6f}"
+        tags["test_map_50" if report.task == "detection" else "test_accuracy"] = f"{accuracy:.6f}"
     return tags
 
 
@@ -133,14 +133,19 @@ def tag_release(
 
 def run_metrics(stage_results: dict[str, dict]) -> dict[str, float]:
     """The steps' figures the MLflow run shows beside the validation matrix."""
-    mcu = stage_results["mcu"]
-    return {
+    mcu, train = stage_results["mcu"], stage_results["train"]
+    metrics = {
         "sparsity": stage_results["qat"]["sparsity"],
-        "float_val_accuracy": stage_results["train"]["val_accuracy"],
         "mcu.arena_bytes": mcu["arena_bytes"],
         "mcu.flash_bytes": mcu["flash_bytes"],
-        "mcu.openmv_input_error_steps": mcu["openmv_input_error_steps"],
     }
+    # the float model's validation score: top-1 accuracy, or COCO mAP@0.5 for a detector
+    for key in ("val_accuracy", "val_map_50", "val_map_50_95"):
+        if key in train:
+            metrics[f"float_{key}"] = train[key]
+    if "openmv_input_error_steps" in mcu:  # the classifier's OpenMV input check
+        metrics["mcu.openmv_input_error_steps"] = mcu["openmv_input_error_steps"]
+    return metrics
 
 
 def run_files(paths: ProjectPaths) -> tuple[Path, ...]:

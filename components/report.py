@@ -29,7 +29,24 @@ MATRIX_COLUMNS = (
     "arena bytes",
     "status",
 )
+# a detector's cells: COCO mAP instead of top-1, no logits to compare (agreement compares the boxes)
+DETECTION_COLUMNS = (
+    "format",
+    "runtime",
+    "required",
+    "mAP@0.5",
+    "mAP@0.5:0.95",
+    "agreement vs source",
+    "arena bytes",
+    "status",
+)
 REGISTRY_ORDER = {fmt.name: i for i, fmt in enumerate(FORMATS)}
+
+
+def matrix_columns(report: ValidationReport) -> tuple[str, ...]:
+    return DETECTION_COLUMNS if report.task == "detection" else MATRIX_COLUMNS
+
+
 ARTIFACT_COLUMNS = ("format", "file", "precision", "made from", "bytes", "gzip bytes", "bytes/param")
 
 
@@ -46,8 +63,12 @@ def matrix_rows(report: ValidationReport) -> list[dict]:
                 "runtime": cell.runtime + (f" ({cell.layout})" if cell.layout != "NHWC" else ""),
                 "required": "yes" if cell.required else "no",
                 "top-1 accuracy": f"{cell.accuracy:.4f}" if loaded else "-",
+                "mAP@0.5": f"{cell.accuracy:.4f}" if loaded else "-",
+                "mAP@0.5:0.95": f"{cell.map_50_95:.4f}" if loaded and cell.map_50_95 is not None else "-",
                 "agreement vs source": f"{cell.agreement:.4f}" if loaded else "-",
-                "max Δ logit": f"{cell.max_abs_diff:.2g}" if loaded else "-",
+                "max Δ logit": f"{cell.max_abs_diff:.2g}"
+                if loaded and cell.max_abs_diff is not None
+                else "-",
                 "arena bytes": "" if cell.arena_bytes is None else str(cell.arena_bytes),
                 "status": status,
             }
@@ -88,7 +109,7 @@ def artifact_rows(report: ValidationReport) -> list[dict]:
     ]
 
 
-def _table(columns: tuple[str, ...], rows: list[dict]) -> list[str]:
+def table(columns: tuple[str, ...], rows: list[dict]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return lines + ["| " + " | ".join(str(row[c]).replace("|", "/") for c in columns) + " |" for row in rows]
 
@@ -96,17 +117,18 @@ def _table(columns: tuple[str, ...], rows: list[dict]) -> list[str]:
 def to_markdown(report: ValidationReport, sparsity: float | None = None) -> str:
     """The validation matrix, the artifact sizes and the gate verdict."""
     lines = [
-        f"Float Keras model: top-1 accuracy {report.float_accuracy:.4f} on {report.test_images} "
-        f"test images, {report.parameters} parameters"
+        f"Float Keras model: {report.score_name} {report.float_accuracy:.4f}"
+        + (f" (mAP@0.5:0.95 {report.float_map_50_95:.4f})" if report.float_map_50_95 is not None else "")
+        + f" on {report.test_images} test images, {report.parameters} parameters"
         + (f"; weight sparsity after pruning + QAT {sparsity:.2%}" if sparsity is not None else ""),
         "",
         "Validation matrix (every artifact in every runtime its format names; `edgepipe formats`):",
         "",
-        *_table(MATRIX_COLUMNS, matrix_rows(report)),
+        *table(matrix_columns(report), matrix_rows(report)),
         "",
         "Artifacts:",
         "",
-        *_table(ARTIFACT_COLUMNS, artifact_rows(report)),
+        *table(ARTIFACT_COLUMNS, artifact_rows(report)),
         "",
         "Release gates: " + ("passed" if report.passed else "FAILED"),
     ]

@@ -32,6 +32,8 @@ class Artifact(BaseModel):
     sha256: str  # of the file: the MLflow version and the git tag name the release file by it
 
 
+SCORE_NAMES = {"classification": "top-1 accuracy", "detection": "mAP@0.5"}
+
 CellStatus = Literal["pass", "fail", "known failure"]
 
 
@@ -50,7 +52,8 @@ class Cell(BaseModel):
     note: str | None = None  # the registry's note on a cell known to fail
     loaded: bool = False  # the runtime loaded the file and ran the test split
     error: str | None = None  # when it did not: the runtime's own error text
-    accuracy: float | None = None  # top-1 on the test split
+    accuracy: float | None = None  # the task's score on the test split: top-1, or COCO mAP@0.5 (detection)
+    map_50_95: float | None = None  # detection: COCO mAP@0.5:0.95
     agreement: float | None = None  # top-1 agreement with the Keras model the file was made from
     float_agreement: float | None = None  # ... with the float Keras model
     max_abs_diff: float | None = None  # largest logit difference from that Keras model
@@ -81,7 +84,9 @@ class ValidationReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    float_accuracy: float  # top-1 of the float Keras model on the test split: the reference
+    task: str = "classification"  # params.yaml `task`: what `accuracy` means (SCORE_NAMES)
+    float_accuracy: float  # the float Keras model's score on the test split (top-1 or mAP@0.5): the reference
+    float_map_50_95: float | None = None  # detection: the float Keras model's COCO mAP@0.5:0.95
     test_images: int  # size of the test split
     parameters: int  # the float model's parameter count
     artifacts: dict[str, Artifact]  # by format name, in registry order
@@ -90,6 +95,11 @@ class ValidationReport(BaseModel):
     # class -> precision/recall/f1/support, for the float Keras model and the release file in LiteRT
     per_class: dict[str, dict[str, dict[str, float]]] = {}
     confusion: dict[str, list[list[int]]] = {}  # same models, rows: actual, columns: predicted
+    # detection: precision at recall 0, 0.01, ... 1 per class at IoU 0.5 (COCO's), same models
+    precision_recall: dict[str, dict[str, list[float | None]]] = {}
+    # detection: the first EXAMPLES test images' confident detections (boxes, classes, scores) of the same
+    # models, for the report's side-by-side picture
+    examples: dict[str, list[dict[str, list]]] = {}
 
     @classmethod
     def load(cls, path: Path) -> ValidationReport:
@@ -103,6 +113,11 @@ class ValidationReport(BaseModel):
     @property
     def passed(self) -> bool:
         return self.gates.passed
+
+    @property
+    def score_name(self) -> str:
+        """What `float_accuracy` and each cell's `accuracy` measure."""
+        return SCORE_NAMES[self.task]
 
     def cell(self, format_name: str, runtime: str) -> Cell | None:
         return next((c for c in self.cells if (c.format, c.runtime) == (format_name, runtime)), None)

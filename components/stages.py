@@ -43,14 +43,22 @@ class Stage:
     # step records each one's sha256 in its metrics (`<name>: {sha256: ...}`); the flow re-runs it when one
     # changed.
     named_inputs: Callable[[Params, ProjectPaths], dict[str, Path]] = field(default=lambda params, p: {})
+    # the module that does this step for `task: detection` (components/tasks/detection/stages); None: the
+    # same module does it for every task
+    detection_module: str | None = None
 
     @property
     def code(self) -> tuple[str, ...]:
-        """Source files (relative to the project root) whose change re-runs the step."""
-        return code_dependencies(self.module)
+        """Source files (relative to the project root) whose change re-runs the step, for either task (one
+        dvc.yaml serves both)."""
+        modules = (self.module, self.detection_module) if self.detection_module else (self.module,)
+        return tuple(sorted({path for module in modules for path in code_dependencies(module)}))
+
+    def module_for(self, task: str) -> str:
+        return self.detection_module if task == "detection" and self.detection_module else self.module
 
     def run(self, params: Params, paths: ProjectPaths, **kwargs) -> dict:
-        return importlib.import_module(self.module).run_stage(params, paths, **kwargs)
+        return importlib.import_module(self.module_for(params.task)).run_stage(params, paths, **kwargs)
 
     def named_inputs_unchanged(self, params: Params, paths: ProjectPaths) -> bool:
         """True when every named input has the sha256 the step's metrics recorded when it last ran."""
@@ -71,6 +79,10 @@ def _pretrained_file(params: Params, paths: ProjectPaths) -> dict[str, Path]:
     return {"pretrained": paths.root / params.model.pretrained}
 
 
+def _detection(step: str) -> str:
+    return f"components.tasks.detection.stages.{step}"
+
+
 def _export_files(container: str) -> Callable[[ProjectPaths], tuple[Path, ...]]:
     return lambda p: tuple(fmt.path(p.export_dir) for fmt in by_container(container))
 
@@ -83,8 +95,10 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "prepare",
         "components.prepare",
-        ("data", "model"),  # model.architecture decides an `auto` input size (DVC needs every section a
-        # stage reads written in params.yaml: check_params_sections)
+        # model.architecture decides an `auto` input size (DVC needs every section a stage reads written
+        # in params.yaml: check_params_sections); `task` decides what the data is
+        ("task", "data", "model", "detection"),
+        detection_module=_detection("prepare"),
         deps=lambda p: (Path(RAW_DATA_DEP),),
         outs=lambda p: (p.prepared_dir,),
         metrics=lambda p: p.metrics_file("prepare"),
@@ -92,7 +106,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "train",
         "components.train",
-        ("model", "train"),
+        ("model", "train", "detection"),
+        detection_module=_detection("train"),
         deps=lambda p: (p.prepared_dir,),
         named_inputs=_pretrained_file,
         outs=lambda p: (p.float_model,),
@@ -105,6 +120,7 @@ STAGES: tuple[Stage, ...] = (
         "prune",
         "components.prune",
         ("prune",),
+        detection_module=_detection("prune"),
         deps=lambda p: (p.prepared_dir, p.float_model),
         outs=lambda p: (p.pruned_model,),
         metrics=lambda p: p.metrics_file("prune"),
@@ -120,6 +136,7 @@ STAGES: tuple[Stage, ...] = (
         "qat",
         "components.qat",
         ("qat",),
+        detection_module=_detection("qat"),
         deps=lambda p: (p.prepared_dir, p.pruned_model),
         outs=lambda p: (p.qat_weights,),
         metrics=lambda p: p.metrics_file("qat"),
@@ -134,7 +151,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "export_tflite",
         "components.export_tflite",
-        ("export",),
+        ("export", "detection"),
+        detection_module=_detection("export_tflite"),
         deps=lambda p: (p.prepared_dir, p.float_model, p.pruned_model, p.qat_weights),
         outs=_export_files("tflite"),
         metrics=lambda p: p.metrics_file("export_tflite"),
@@ -143,6 +161,7 @@ STAGES: tuple[Stage, ...] = (
         "export_onnx",
         "components.export_onnx",
         ("export",),
+        detection_module=_detection("export_onnx"),
         deps=lambda p: (p.prepared_dir, p.pruned_model),
         outs=_export_files("onnx"),
         metrics=lambda p: p.metrics_file("export_onnx"),
@@ -151,6 +170,7 @@ STAGES: tuple[Stage, ...] = (
         "mcu",
         "components.mcu",
         (),
+        detection_module=_detection("mcu"),
         deps=lambda p: (get_format(RELEASE_FORMAT).path(p.export_dir),),
         outs=lambda p: (p.mcu_dir,),
         metrics=lambda p: p.metrics_file("mcu"),
@@ -158,7 +178,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "validate",
         "components.validate",
-        ("gates",),
+        ("gates", "detection"),
+        detection_module=_detection("validate"),
         deps=lambda p: (p.prepared_dir, p.float_model, p.pruned_model, p.qat_weights, *_all_exports(p)),
         outs=lambda p: (),
         metrics=lambda p: p.validation_file,
@@ -176,7 +197,9 @@ STAGES: tuple[Stage, ...] = (
         "report",
         "components.report",
         (),
+        detection_module=_detection("report"),
         deps=lambda p: (
+            p.prepared_dir,  # a detector's report draws test images
             p.validation_file,
             p.release_predictions,
             p.train_history,

@@ -148,22 +148,8 @@ def run_cell(
     float_pred: np.ndarray,
     source_logits: dict[str, np.ndarray],
 ) -> tuple[Cell, np.ndarray | None]:
-    path = fmt.path(export_dir)
-    cell = Cell(
-        format=fmt.name,
-        runtime=target.name,
-        layout=target.layout,
-        required=target.required,
-        file=path.name,
-        precision=fmt.precision,
-        note=target.note or None,
-    )
-    try:
-        logits = open_runner(target, path)(x_test)
-        if target.runtime == "tflm":
-            cell.arena_bytes = tflm_arena_bytes(path)
-    except Exception as exc:  # the runtime's own words are the result; never a crash, never a skip
-        cell.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:600]
+    cell, logits = measure_cell(fmt, target, export_dir, lambda path: open_runner(target, path)(x_test))
+    if logits is None:
         return cell, None
     pred = logits.argmax(axis=1)
     reference = source_logits[fmt.source]
@@ -177,6 +163,31 @@ def run_cell(
     cell.max_abs_diff = max_abs_diff
     cell.logit_error = max_abs_diff / max(float(np.ptp(reference)), 1e-12)
     return cell, pred
+
+
+def measure_cell(
+    fmt: ExportFormat, target: RuntimeTarget, export_dir: Path, run: Callable[[Path], object]
+) -> tuple[Cell, object | None]:
+    """One cell with what `run(path)` returned, or with the runtime's own error (and no output) when the
+    runtime could not load or run the file; TFLite-Micro's arena measured."""
+    path = fmt.path(export_dir)
+    cell = Cell(
+        format=fmt.name,
+        runtime=target.name,
+        layout=target.layout,
+        required=target.required,
+        file=path.name,
+        precision=fmt.precision,
+        note=target.note or None,
+    )
+    try:
+        output = run(path)
+        if target.runtime == "tflm":
+            cell.arena_bytes = tflm_arena_bytes(path)
+    except Exception as exc:  # the runtime's own words are the result; never a crash, never a skip
+        cell.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:600]
+        return cell, None
+    return cell, output
 
 
 def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, dict]:

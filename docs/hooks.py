@@ -246,8 +246,20 @@ def params_markdown() -> str:
         for child, key in nested:
             section(child, key, level + 1)
 
+    top = [(n, f) for n, f in Params.model_fields.items() if not _is_section(f.annotation)]
+    if top:  # top-level keys that are values, not sections (`task`)
+        out.append("## Top-level keys\n")
+        rows = []
+        for name, field in top:
+            value = _lookup(shipped, name)
+            in_file = "—" if value is _ABSENT else f"`{_yaml_value(value)}`"
+            described = _sentences(field.description, shipped_comments.get(name))
+            default = f"`{_yaml_value(field.get_default())}`"
+            rows.append((f"`{name}`", _type_name(field.annotation), default, in_file, described))
+        out.append(_table(("key", "type", "default", "shipped params.yaml", "description"), rows))
     for name, field in Params.model_fields.items():
-        section(field.annotation, name, 2)
+        if _is_section(field.annotation):
+            section(field.annotation, name, 2)
     return "\n".join(out)
 
 

@@ -41,15 +41,15 @@ def user_errors(command):
 def print_results(result: RunResult) -> None:
     from components.prepare import describe_data
     from components.registry import redacted
-    from components.report import ARTIFACT_COLUMNS, MATRIX_COLUMNS, artifact_rows, matrix_rows
+    from components.report import ARTIFACT_COLUMNS, artifact_rows, matrix_columns, matrix_rows
 
     report = result.report
     console.print(describe_data(result.data), markup=False, highlight=False)
     console.print(
         rich_table(
-            f"Validation matrix (float Keras top-1 accuracy {report.float_accuracy:.4f}, "
+            f"Validation matrix (float Keras {report.score_name} {report.float_accuracy:.4f}, "
             f"{report.test_images} test images)",
-            MATRIX_COLUMNS,
+            matrix_columns(report),
             matrix_rows(report),
         )
     )

@@ -19,12 +19,13 @@ from prefect.states import Completed, State
 
 from components import versioning
 from components.atomic import read_json
+from components.bundled_data import ensure_raw_data
 from components.config import Params, load_params
 from components.errors import EdgepipeError
 from components.gates import grouped_failures
 from components.locking import one_run_at_a_time
 from components.paths import ProjectPaths
-from components.prepare import describe_data, ensure_raw_data
+from components.prepare import describe_data
 from components.pretrained import weights_file
 from components.registry import Registration, tracking_uri
 from components.release import release
@@ -56,7 +57,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def ingest(params: Params, root: Path) -> str:
-    """Make sure there is data (bundled digits when allowed) and record its version with `dvc add`."""
+    """Make sure there is data (the task's bundled set when allowed) and record its version with `dvc add`."""
     raw_dir = ensure_raw_data(params.data, ProjectPaths(root).raw_dir(params.data))
     versioning.track_data(root, raw_dir)
     return str(raw_dir)

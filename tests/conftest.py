@@ -53,6 +53,7 @@ GIT = ["git", "-c", "user.name=edgepipe-tests", "-c", "user.email=tests@edgepipe
 # ones (the tiny model scores 1.0 in every required cell, agreement 1.0); the section is written out
 # because dvc.yaml names it as a stage parameter, and DVC requires it in params.yaml.
 TINY_PARAMS = {
+    "task": "classification",
     "data": {
         "raw_dir": "data/raw",
         "bundled_if_empty": "none",
@@ -75,6 +76,7 @@ TINY_PARAMS = {
     "export": {"onnx_opset": 13, "representative_samples": 32},
     "gates": {"max_accuracy_drop": 0.05, "min_agreement": 0.9},
     "mlflow": {"experiment": "edgepipe-tests", "register_model": True},
+    "detection": {"resize": "stretch"},  # read by the detection steps only; dvc.yaml names it
 }
 
 
@@ -272,12 +274,12 @@ def prefect_api() -> str:
 HEAVIEST_FIRST = [
     "trained-project",  # the session's trained project: test_faults.py and test_model_steps.py
     "test_pipeline_flow",
+    "test_detection",  # its module fixture releases a detector through the flow
     "test_mobilenet_v2",
     "test_serve_integration",
     "test_serve_shutdown",
     "test_recipe",
     "test_transfer",
-    "test_detection",
     "test_bad_input",
 ]
 

@@ -26,11 +26,12 @@ import pytest
 import yaml
 from PIL import Image
 
+from components.bundled_data import ensure_raw_data
 from components.config import DataConfig, Params, load_params
 from components.errors import EdgepipeError
 from components.image_folder import quick_check
 from components.paths import ProjectPaths
-from components.prepare import ensure_raw_data, prepare
+from components.prepare import prepare
 from conftest import TINY_PARAMS, make_project_repo, write_image_folder, write_params
 
 CLASSES = ("bars", "stripes", "diagonal")
@@ -172,7 +173,7 @@ DATA_CASES = [
     DataCase(
         "empty-data-folder",
         lambda raw: [shutil.rmtree(raw / name) for name in CLASSES],
-        ("data/raw: no images found. Put images in", "or set data.bundled_if_empty: digits in params.yaml"),
+        ("data/raw: no images found. Put images in", "or set data.bundled_if_empty: auto in params.yaml"),
     ),
     DataCase(
         "data-folder-does-not-exist",

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from components.bundled_data import ensure_raw_data, write_bundled_digits
 from components.config import DataConfig
 from components.dataset import load_split, read_dataset_info
 from components.errors import EdgepipeError
-from components.prepare import ensure_raw_data, prepare, write_bundled_digits
+from components.prepare import prepare
 from conftest import write_image_folder
 
 

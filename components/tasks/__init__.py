@@ -1,3 +1,3 @@
-"""What differs between tasks: data reader, model builder, loss, decoding and metrics. Detection
-(components/tasks/detection) is built and tested here, and run end to end by bench/detection.py; the
-pipeline's stages still classify only. Issue #13 adds `task:` to params.yaml to choose between them."""
+"""What differs between tasks (params.yaml `task`): data reader, model builder, loss, decoding and metrics,
+and the pipeline steps that use them. Classification's steps are the components/*.py modules; detection's
+are components/tasks/detection/stages/*.py, chosen by components.stages for `task: detection`."""

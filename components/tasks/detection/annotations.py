@@ -13,6 +13,7 @@ data check does; with `data.on_bad_image: skip` the images that have one are lef
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,3 +250,29 @@ def _checked_boxes(rows, size, classes, problems, scale) -> tuple[np.ndarray, np
     if bad:
         return None
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)
+
+
+def write_coco(found: DetectionSet, dest: Path, first_category_id: int = 1) -> None:
+    """`found` as a COCO export in `dest` (images/ copied, one annotations.json), as CVAT or Label Studio
+    write it: category ids from `first_category_id` (COCO's need not start at 0 or 1), boxes x, y, w, h."""
+    images = Path(dest) / "images"
+    images.mkdir(parents=True)
+    coco: dict = {"images": [], "annotations": []}
+    coco["categories"] = [{"id": first_category_id + i, "name": n} for i, n in enumerate(found.classes)]
+    for image_id, item in enumerate(found.images, start=1):
+        shutil.copy2(item.path, images / item.path.name)
+        coco["images"].append(
+            {"id": image_id, "file_name": item.path.name, "width": item.width, "height": item.height}
+        )
+        for (x0, y0, x1, y1), label in zip(item.boxes.tolist(), item.labels.tolist(), strict=True):
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": first_category_id + label,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+    (Path(dest) / "annotations.json").write_text(json.dumps(coco))

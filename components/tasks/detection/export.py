@@ -12,8 +12,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from components.dataset import read_dataset_info
 from components.tasks.detection.anchors import SCALES
 from components.tasks.detection.decode import NmsSettings
+from components.tasks.detection.prepared import resize_mode
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 
@@ -86,3 +88,14 @@ def standard_output_order(model_bytes: bytes) -> bytes:
     position = {index: int(graph.tensors[index].name.decode().rsplit(":", 1)[1]) for index in graph.outputs}
     graph.outputs = sorted(graph.outputs, key=position.__getitem__)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def detector_metadata(prepared_dir, nms_config) -> dict:
+    """What an app needs beside the input description to use a detector file: the task, how images were
+    resized to the input, the NMS the outputs went through."""
+    return read_dataset_info(prepared_dir).metadata() | {
+        "task": "detection",
+        "resize": resize_mode(prepared_dir),
+        "nms": nms_config.model_dump(mode="json"),
+        "box_coder_scales": list(SCALES),
+    }

@@ -17,7 +17,7 @@ from components.model import BATCH_NORM_MOMENTUM, keras
 from components.tasks.detection.anchors import ASPECTS, AnchorGrid, anchor_boxes
 from components.tasks.detection.decode import BOX_OUTPUT, SCORE_OUTPUT
 
-FEATURE_LAYERS = ("block_13_expand_relu", "out_relu")  # strides 16 and 32 of Keras' MobileNetV2
+FEATURE_LAYERS = ("block_13_expand_relu", "block_15_add")  # strides 16 and 32 of Keras' MobileNetV2
 STRIDES = (16, 32)
 CLASS_OUTPUT = "class_logits"  # its sigmoid is SCORE_OUTPUT, what the ONNX file holds (with_scores)
 PRIOR = 0.01  # the class logits start at this probability (RetinaNet's prior: a stable start for focal loss)

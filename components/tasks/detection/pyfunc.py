@@ -9,9 +9,16 @@ entries past `count` are padding.
 
 from __future__ import annotations
 
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import cloudpickle
 import mlflow.pyfunc
 import numpy as np
+from mlflow.models import infer_signature
 
+import components.runtimes
+from components.formats import RELEASE_FORMAT, get_format
 from components.runtimes import litert_interpreter, quantize
 
 OUTPUT_NAMES = ("boxes", "classes", "scores", "count")  # the op's outputs, the file's order
@@ -33,7 +40,42 @@ class LiteRTDetector(mlflow.pyfunc.PythonModel):
                 found[name].append(self._interpreter.get_tensor(index)[0])
         return {
             "boxes": np.stack(found["boxes"]).astype(np.float32),
-            "classes": np.stack(found["classes"]).astype(np.int64),
+            # padding past `count` may hold NaN: 0 there, as the scores are 0
+            "classes": np.nan_to_num(np.stack(found["classes"])).astype(np.int64),
             "scores": np.stack(found["scores"]).astype(np.float32),
             "count": np.stack(found["count"]).reshape(-1).astype(np.int64),
         }
+
+
+# What the logged pyfunc needs to load and run, at the versions installed here (requirements.lock's)
+REQUIREMENTS = [f"{name}=={package_version(name)}" for name in ("mlflow", "numpy", "ai-edge-litert")]
+
+
+def log_detector_models(export_dir: Path, x_example: np.ndarray, sha256: str):
+    """The release detector .tflite as a pyfunc that returns boxes, classes, scores and count; returns its
+    model info (what a version registers). The ONNX files stay run artifacts: their raw outputs need the
+    anchors in their metadata to decode."""
+    import sys
+
+    release = get_format(RELEASE_FORMAT, "detection")
+    tflite = release.path(export_dir)
+    model = LiteRTDetector()
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    cloudpickle.register_pickle_by_value(components.runtimes)
+    try:
+        model.load_context(type("Context", (), {"artifacts": {"tflite": str(tflite)}})())
+        signature = infer_signature(x_example, model.predict(None, x_example))
+        del model._interpreter  # not picklable; load_context opens it again where the model is served
+        return mlflow.pyfunc.log_model(
+            name=release.name,
+            python_model=model,
+            artifacts={"tflite": str(tflite)},
+            signature=signature,
+            input_example=x_example,
+            pip_requirements=REQUIREMENTS,
+            metadata={"edgepipe_format": release.name, "task": "detection", "sha256": sha256},
+        )
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+        cloudpickle.unregister_pickle_by_value(components.runtimes)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.formats import RuntimeTarget
 from components.runtimes import (
     litert_interpreter,
     onnx_session,
@@ -107,3 +108,19 @@ def opencv_detector(
         return found
 
     return run
+
+
+def open_detection_runner(
+    target: RuntimeTarget, path: Path, anchors: np.ndarray, nms: NmsSettings, threads: int = 2
+) -> DetectionRunner:
+    """The runner of one format-registry runtime target (components.formats): what validation and the
+    benchmark call, as components.runtimes.open_runner is for the classifier."""
+    if target.runtime == "litert":
+        return litert_detector(path, threads)
+    if target.runtime == "tflm":
+        return tflm_detector(path)
+    if target.runtime == "onnxruntime":
+        return onnxruntime_detector(path, anchors, nms, threads)
+    if target.runtime == "opencv_dnn":
+        return opencv_detector(path, anchors, nms, target.engine, threads)
+    raise ValueError(f"no detection runner for runtime {target.runtime!r}")

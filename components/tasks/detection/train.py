@@ -10,6 +10,7 @@ import numpy as np
 from components.model import keras
 from components.tasks.detection.data import DetectionBatches, DetectionSplit
 from components.tasks.detection.decode import Detections, NmsSettings, detections_from_raw, sigmoid
+from components.tasks.detection.metrics import GroundTruth, coco_map
 from components.tasks.detection.model import BOX_OUTPUT, CLASS_OUTPUT, LOSSES
 
 
@@ -54,3 +55,26 @@ def predict_detections(
     boxes, logits = model.predict(inputs, verbose=0, batch_size=32)
     scores = sigmoid(logits)
     return [detections_from_raw(b, s, anchors, nms) for b, s in zip(boxes, scores, strict=True)]
+
+
+class ValidationMap(keras.callbacks.Callback):
+    """Adds `val_map_50` and `val_map_50_95` (pycocotools, on the validation split) to each epoch's logs, for
+    the early stopping that follows it in the callback list and for the history."""
+
+    def __init__(self, data: TrainingData, classes: list[str], nms) -> None:
+        super().__init__()
+        self.data, self.classes, self.nms = data, classes, nms
+        self.inputs = data.normalize(data.val.images)
+        height, width = data.val.images.shape[1:3]
+        self.truth = [
+            GroundTruth(b, lab, height, width) for b, lab in zip(data.val.boxes, data.val.labels, strict=True)
+        ]
+
+    def scores(self, model) -> dict:
+        found = predict_detections(model, self.inputs, self.data.anchors, self.nms)
+        return coco_map(self.truth, found, self.classes)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        scores = self.scores(self.model)
+        if logs is not None:
+            logs["val_map_50"], logs["val_map_50_95"] = scores["map_50"], scores["map_50_95"]

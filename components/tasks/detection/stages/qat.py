@@ -1,0 +1,43 @@
+"""qat (detection): pruning-preserving quantization-aware fine-tuning of the pruned detector; weights only,
+the model is rebuilt from pruned.keras as for the classifier (components.qat.load_qat_model)."""
+
+from __future__ import annotations
+
+import logging
+
+from components.atomic import atomic_path, write_json
+from components.config import Params
+from components.dataset import read_dataset_info
+from components.hashing import file_digest
+from components.model import load_model, seed_everything, sparsity, write_history
+from components.paths import ProjectPaths
+from components.qat import keep_qat_model, quantization_aware
+from components.tasks.detection.prepared import nms_settings, training_data
+from components.tasks.detection.train import ValidationMap, fit_detector
+
+log = logging.getLogger(__name__)
+
+
+def run_stage(params: Params, paths: ProjectPaths) -> dict:
+    config = params.qat
+    data = training_data(paths.prepared_dir)
+    seed_everything(0)
+    pruned = load_model(paths.pruned_model)
+    model = quantization_aware(pruned)
+    history = fit_detector(model, data, config.learning_rate, config.epochs, config.batch_size).history
+    scores = ValidationMap(
+        data, read_dataset_info(paths.prepared_dir).classes, nms_settings(params.detection.nms)
+    ).scores(model)
+    metrics = {
+        "sparsity_before": sparsity(pruned),
+        "sparsity": sparsity(model),
+        "val_map_50": scores["map_50"],
+        "val_map_50_95": scores["map_50_95"],
+    }
+    with atomic_path(paths.qat_weights) as tmp:
+        model.save_weights(tmp)
+    keep_qat_model((file_digest(paths.pruned_model), file_digest(paths.qat_weights)), model)
+    write_history(paths.history_file("qat"), history)
+    write_json(paths.metrics_file("qat"), metrics)
+    log.info("quantization-aware fine-tuning of the detector: %s", metrics)
+    return metrics
