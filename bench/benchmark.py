@@ -33,7 +33,7 @@ import components  # noqa: F401  (environment defaults before any runtime or MLf
 from components.config import BenchmarkConfig, load_params
 from components.dataset import load_split
 from components.errors import EdgepipeError
-from components.formats import FORMATS, ExportFormat, RuntimeTarget
+from components.formats import ExportFormat, RuntimeTarget, formats_for
 from components.paths import ProjectPaths
 from components.runtimes import open_runner
 
@@ -76,10 +76,23 @@ def one_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # OpenCV's messages span lines
 
 
-def worker(conn, target: RuntimeTarget, path: Path, threads: int, image: np.ndarray) -> None:
+def open_cell_runner(target: RuntimeTarget, path: Path, threads: int, detector: dict | None):
+    """The runner of one cell: the classifier's (logits), or with `detector` (anchors, nms) a detector's,
+    which returns Detections through the shared decoding (components/tasks/detection/runtimes.py)."""
+    if detector is None:
+        return open_runner(target, path, threads)
+    from components.tasks.detection.runtimes import open_detection_runner
+
+    return open_detection_runner(target, path, detector["anchors"], detector["nms"], threads)
+
+
+def worker(
+    conn, target: RuntimeTarget, path: Path, threads: int, image: np.ndarray, detector: dict | None = None
+) -> None:
     """One cell in its own process: load the model, then serve the parent's commands until "stop".
 
-    Replies are ("ok", value) or ("error", message); after an error the worker exits.
+    Replies are ("ok", value) or ("error", message); after an error the worker exits. "predict" answers
+    top-1 classes, or a detector's Detections per image.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     batch = image[None]
@@ -87,7 +100,7 @@ def worker(conn, target: RuntimeTarget, path: Path, threads: int, image: np.ndar
     try:
         importlib.import_module(RUNTIME_MODULES[target.runtime])
         after_import = rss_bytes("VmRSS")
-        run = open_runner(target, path, threads)
+        run = open_cell_runner(target, path, threads, detector)
         run(batch)  # a model that loads but cannot run a single image is reported as not loaded
     except Exception as exc:
         conn.send(("error", one_line(exc)))
@@ -109,7 +122,7 @@ def worker(conn, target: RuntimeTarget, path: Path, threads: int, image: np.ndar
                 peak = rss_bytes("VmHWM")
                 reply = {"baseline": baseline, "runtime_import": after_import - baseline, "peak": peak}
             else:  # "predict"
-                reply = run(arg).argmax(axis=1)
+                reply = run(arg) if detector else run(arg).argmax(axis=1)
         except Exception as exc:
             conn.send(("error", f"during {command}: {one_line(exc)}"))
             return
@@ -161,11 +174,11 @@ class Cell:
             self.process.join()
 
 
-def select_formats(names: str | None, export_dir: Path) -> list[ExportFormat]:
+def select_formats(names: str | None, export_dir: Path, task: str = "classification") -> list[ExportFormat]:
     """The formats to benchmark (all, or those named), each of which must have been exported."""
-    chosen = list(FORMATS)
+    chosen = list(formats_for(task))
     if names:
-        known = {fmt.name: fmt for fmt in FORMATS}
+        known = {fmt.name: fmt for fmt in chosen}
         wanted = [name.strip() for name in names.split(",") if name.strip()]
         unknown = [name for name in wanted if name not in known]
         if unknown:
@@ -180,8 +193,9 @@ def select_formats(names: str | None, export_dir: Path) -> list[ExportFormat]:
     return chosen
 
 
-def measure(cells: list[Cell], config: BenchmarkConfig, x: np.ndarray, y: np.ndarray) -> None:
-    """Warm up, time the cells interleaved round by round, then read memory and accuracy."""
+def measure(cells: list[Cell], config: BenchmarkConfig, x: np.ndarray, score) -> None:
+    """Warm up, time the cells interleaved round by round, then read memory and accuracy (`score` of the
+    predictions of the whole test split)."""
     with Progress(console=err_console, transient=False) as progress:
         loading = progress.add_task("loading models", total=len(cells))
         for cell in cells:  # workers load in parallel; loading is not timed
@@ -207,9 +221,9 @@ def measure(cells: list[Cell], config: BenchmarkConfig, x: np.ndarray, y: np.nda
             predictions = []
             for start in range(0, len(x), ACCURACY_CHUNK):
                 if cell.ok:
-                    predictions.append(cell.ask("predict", x[start : start + ACCURACY_CHUNK]))
+                    predictions += list(cell.ask("predict", x[start : start + ACCURACY_CHUNK]))
             if cell.ok:  # still ok: every chunk answered
-                cell.accuracy = float(np.mean(np.concatenate(predictions) == y))
+                cell.accuracy = score(predictions)
             progress.advance(scoring)
 
 
@@ -415,16 +429,27 @@ def log_to_mlflow(uri: str, experiment: str, rows: list[dict], env: dict, files:
         return run.info.run_id
 
 
+def test_scoring(params, paths: ProjectPaths, x: np.ndarray, y: np.ndarray):
+    """The test images, how a cell's predictions are scored (top-1 accuracy, or a detector's COCO mAP@0.5
+    from pycocotools) and, for a detector, what its runners need (anchors and NMS settings)."""
+    if params.task != "detection":
+        return x, lambda predicted: float(np.mean(np.asarray(predicted) == y)), None
+    from components.dataset import read_dataset_info
+    from components.tasks.detection.metrics import coco_map
+    from components.tasks.detection.model import anchors_for
+    from components.tasks.detection.prepared import ground_truth, load_detection_split, nms_settings
+
+    info = read_dataset_info(paths.prepared_dir)
+    truth = ground_truth(load_detection_split(paths.prepared_dir, "test"))
+    detector = {"anchors": anchors_for(info.input_shape), "nms": nms_settings(params.detection.nms)}
+    return x, lambda found: coco_map(truth, found, info.classes)["map_50"], detector
+
+
 def benchmark(root: Path, params_path: Path, format_names: str | None, use_mlflow: bool) -> list[dict]:
     """The whole benchmark: check inputs, measure every cell, print, write the reports, log to MLflow."""
     params = load_params(params_path)
-    if params.task == "detection":
-        raise EdgepipeError(
-            f"{params_path}: task detection. This benchmark measures classifiers (logits); a detector's "
-            "latency, mAP and size per runtime are measured by bench/detection.py."
-        )
     paths = ProjectPaths(root)
-    formats = select_formats(format_names, paths.export_dir)
+    formats = select_formats(format_names, paths.export_dir, params.task)
     uri = None
     if use_mlflow:  # before measuring: an unreachable store should not cost a whole benchmark run
         from components.registry import check_reachable, tracking_uri  # imports MLflow: only when used
@@ -438,6 +463,7 @@ def benchmark(root: Path, params_path: Path, format_names: str | None, use_mlflo
                 "running one, or run the benchmark with --no-mlflow."
             ) from None
     x, y = load_split(paths.prepared_dir, "test")
+    x, score, detector = test_scoring(params, paths, x, y)
     config = params.benchmark
     ctx = mp.get_context("spawn")  # a fresh interpreter per cell: nothing inherited from this process
     cells = []
@@ -445,12 +471,12 @@ def benchmark(root: Path, params_path: Path, format_names: str | None, use_mlflo
         for fmt in formats:
             for target in fmt.runtimes:
                 parent_end, child_end = ctx.Pipe()
-                args = (child_end, target, fmt.path(paths.export_dir), config.threads, x[0])
+                args = (child_end, target, fmt.path(paths.export_dir), config.threads, x[0], detector)
                 process = ctx.Process(target=worker, args=args, daemon=True)
                 process.start()
                 child_end.close()  # so a dead worker shows up as EOF here
                 cells.append(Cell(fmt, target, process, parent_end))
-        measure(cells, config, x, y)
+        measure(cells, config, x, score)
     finally:
         for cell in cells:
             cell.stop()
@@ -459,6 +485,7 @@ def benchmark(root: Path, params_path: Path, format_names: str | None, use_mlflo
     title = (
         f"edgepipe benchmark: batch 1, {config.threads} thread(s), {config.rounds} rounds × "
         f"{config.runs_per_round} runs per cell, {len(y)} test images"
+        + ("; accuracy is COCO mAP@0.5 (a detector)" if detector else "")
     )
     print_table(rows, title)
     # Not in reports/: that folder is the report stage's DVC output; a benchmark is not a pipeline step.

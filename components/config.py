@@ -82,6 +82,9 @@ class ModelConfig(Section):
     # prune ("Please initialize `Prune` with a supported layer ... TFOpLambda"), so it cannot reach QAT.
     architecture: Literal["small_cnn", "mobilenet_v2"] = "small_cnn"
     width_multiplier: float = Field(1.0, gt=0, le=2.0, description="filters scale; MobileNetV2 alpha")
+    # task detection: ssd (boxes: TFLite_Detection_PostProcess fused) | fomo (object centres on a stride-8
+    # grid: Edge Impulse's FOMO, for cameras too small for SSD; OpenMV's ml module decodes it)
+    head: Literal["ssd", "fomo"] = "ssd"
     # Starting weights (components/pretrained.py): none | imagenet (mobilenet_v2: Keras' ImageNet weights
     # from the Keras cache ~/.keras/models) | a .keras/.h5 file, relative to the project folder.
     pretrained: str = "none"
@@ -198,6 +201,14 @@ class NmsConfig(Section):
     max_detections: int = Field(20, ge=1, le=100, description="per image, best first")
 
 
+class FomoConfig(Section):
+    """How a FOMO heatmap becomes objects and how they are scored (model.head: fomo)."""
+
+    threshold: Threshold = Field(0.5, description="a cell is an object cell from this class score up")
+    # a found centre matches an object of its class whose box centre is this close (fraction of the side)
+    max_distance: Threshold = 0.1
+
+
 class DetectionConfig(Section):
     """Read with `task: detection` only (components/tasks/detection)."""
 
@@ -205,9 +216,10 @@ class DetectionConfig(Section):
     # or letterbox (aspect kept, grey bars as Ultralytics and OpenMV pad). Recorded in the metadata.
     resize: Literal["stretch", "letterbox"] = "stretch"
     nms: NmsConfig = NmsConfig()
-    # The float detector must reach this COCO mAP@0.5 on the validation split, or the run stops after
-    # training with a diagnosis (the detection counterpart of train.min_val_accuracy).
+    # The float detector must reach this COCO mAP@0.5 (model.head fomo: centroid F1) on the validation
+    # split, or the run stops after training with a diagnosis (the counterpart of train.min_val_accuracy).
     min_val_map: Threshold = 0.25
+    fomo: FomoConfig = FomoConfig()
 
 
 class ExportConfig(Section):
@@ -258,7 +270,7 @@ class Params(Section):
         task = raw.get("task", "classification")
         if task not in TASK_MODEL_DEFAULTS:
             return raw  # the field's own check names the allowed values
-        model, data, train = (raw.get(key) or {} for key in ("model", "data", "train"))
+        model, data, train = (raw.get(key, {}) for key in ("model", "data", "train"))
         if not all(isinstance(section, dict) for section in (model, data, train)):
             return raw  # the section's own check says what is wrong
         model, data, train = dict(model), dict(data), dict(train)
@@ -278,6 +290,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _task_fits(self) -> Params:
+        if self.model.head == "fomo" and self.task != "detection":
+            raise ValueError("model.head: fomo is a detection head; set task: detection or head: ssd")
         if self.task == "detection" and self.model.architecture != "mobilenet_v2":
             raise ValueError(
                 "model.architecture: task detection has a MobileNetV2 backbone; set mobilenet_v2 or auto"

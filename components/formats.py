@@ -189,9 +189,22 @@ DETECTION_FORMATS: tuple[ExportFormat, ...] = tuple(
 )
 
 
-def formats_for(task: str) -> tuple[ExportFormat, ...]:
-    """The registry's rows for a task (params.yaml `task`): the same names and files, task-made."""
-    return DETECTION_FORMATS if task == "detection" else FORMATS
+# A FOMO detector (model.head: fomo) is a plain convolutional network with a heatmap output: full-int8 like
+# the classifier, decoded to centres by components/tasks/detection/fomo.py in every runtime. OpenCV runs
+# its ONNX files (its TFLite importer wants NCHW, which the heatmap's layout does not survive).
+FOMO_FORMATS: tuple[ExportFormat, ...] = tuple(
+    replace(fmt, runtimes=tuple(t for t in fmt.runtimes if t.runtime != "opencv_dnn"))
+    if fmt.container == "tflite"
+    else fmt
+    for fmt in FORMATS
+)
+
+
+def formats_for(task: str, head: str = "ssd") -> tuple[ExportFormat, ...]:
+    """The registry's rows for a task (params.yaml `task`, `model.head`): the same names and files."""
+    if task != "detection":
+        return FORMATS
+    return FOMO_FORMATS if head == "fomo" else DETECTION_FORMATS
 
 
 # The artifact registered as an MLflow model version when the gates pass, and packaged for microcontrollers.
@@ -200,12 +213,12 @@ RELEASE_FORMAT = "tflite_int8"
 RUNTIME_NAMES: tuple[str, ...] = ("litert", "onnxruntime", "opencv_dnn", "tflm")
 
 
-def by_container(container: str, task: str = "classification") -> tuple[ExportFormat, ...]:
-    return tuple(fmt for fmt in formats_for(task) if fmt.container == container)
+def by_container(container: str, task: str = "classification", head: str = "ssd") -> tuple[ExportFormat, ...]:
+    return tuple(fmt for fmt in formats_for(task, head) if fmt.container == container)
 
 
-def get_format(name: str, task: str = "classification") -> ExportFormat:
-    for fmt in formats_for(task):
+def get_format(name: str, task: str = "classification", head: str = "ssd") -> ExportFormat:
+    for fmt in formats_for(task, head):
         if fmt.name == name:
             return fmt
     raise KeyError(name)

@@ -30,7 +30,7 @@ from components.formats import RELEASE_FORMAT, get_format
 from components.paths import ProjectPaths
 from components.registry import Registration, check_reachable, existing_version, tracking_uri
 from components.results import ValidationReport
-from components.tasks.detection.pyfunc import log_detector_models
+from components.tasks.detection.pyfunc import log_detector_models, log_fomo_models
 from components.tracking import DESCRIPTION_TAG, fit_tag, flatten
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def log_run_details(description: str, prepared_dir: Path, report: ValidationRepo
     mlflow.set_tag(DESCRIPTION_TAG, fit_tag(description))
     if report.confusion:
         classes = read_dataset_info(prepared_dir).classes  # rows and columns, in label order
-        if report.task == "detection":
+        if report.task in ("detection", "fomo"):
             classes = [*classes, "background"]  # misses and false alarms
         mlflow.log_dict({"classes": classes, **report.confusion}, "confusion_matrices.json")
 
@@ -133,7 +133,9 @@ def register(params: Params, paths: ProjectPaths, record: RunRecord) -> Registra
             else:
                 mlflow.log_artifact(str(path), artifact_path=path.parent.name)
 
-        log_model = log_detector_models if params.task == "detection" else log_classifier_models
+        log_model = {"detection": log_detector_models, "fomo": log_fomo_models}.get(
+            report.task, log_classifier_models
+        )
         tflite_info = log_model(paths.export_dir, x_example, record.version_tags["sha256"])
         version = None
         new_version = False

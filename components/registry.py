@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.errors import EdgepipeError
+from components.results import SCORE_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,10 @@ def promote_champion(uri: str, model_name: str, version: str, alias: str) -> str
         current = client.get_model_version_by_alias(model_name, alias)
     except MlflowException:  # no version holds the alias yet
         current = None
-    score_tag = "test_map_50" if "test_map_50" in new.tags else "test_accuracy"
-    score_words = score_tag.replace("_", " ").replace("map 50", "mAP@0.5")
+    score_tag = next((tag for tag in SCORE_TAGS.values() if tag in new.tags), "test_accuracy")
+    score_words = {"test_map_50": "test mAP@0.5", "test_centroid_f1": "test centroid F1"}.get(
+        score_tag, "test accuracy"
+    )
     new_score = float(new.tags[score_tag])
     if current is not None and str(current.version) == str(new.version):
         return f"{alias} is already version {version}"

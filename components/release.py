@@ -36,7 +36,7 @@ from components.registry import (
     promote_champion,
     tracking_uri,
 )
-from components.results import ValidationReport
+from components.results import SCORE_TAGS, ValidationReport
 from components.stages import STAGES
 from components.tracking import identity_tags, input_tags
 
@@ -117,7 +117,7 @@ def release_tags(paths: ProjectPaths, report: ValidationReport) -> dict[str, str
     release_file = get_format(RELEASE_FORMAT).path(paths.export_dir)
     tags = {"sha256": file_digest(release_file), "dvc_md5": versioning.locked_md5(paths.root, release_file)}
     if (accuracy := release_accuracy(report)) is not None:
-        tags["test_map_50" if report.task == "detection" else "test_accuracy"] = f"{accuracy:.6f}"
+        tags[SCORE_TAGS[report.task]] = f"{accuracy:.6f}"
     return tags
 
 

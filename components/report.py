@@ -40,11 +40,21 @@ DETECTION_COLUMNS = (
     "arena bytes",
     "status",
 )
+# a FOMO detector's cells: object centres found (F1), no boxes, no logits
+FOMO_COLUMNS = (
+    "format",
+    "runtime",
+    "required",
+    "centroid F1",
+    "agreement vs source",
+    "arena bytes",
+    "status",
+)
 REGISTRY_ORDER = {fmt.name: i for i, fmt in enumerate(FORMATS)}
 
 
 def matrix_columns(report: ValidationReport) -> tuple[str, ...]:
-    return DETECTION_COLUMNS if report.task == "detection" else MATRIX_COLUMNS
+    return {"detection": DETECTION_COLUMNS, "fomo": FOMO_COLUMNS}.get(report.task, MATRIX_COLUMNS)
 
 
 ARTIFACT_COLUMNS = ("format", "file", "precision", "made from", "bytes", "gzip bytes", "bytes/param")
@@ -64,6 +74,7 @@ def matrix_rows(report: ValidationReport) -> list[dict]:
                 "required": "yes" if cell.required else "no",
                 "top-1 accuracy": f"{cell.accuracy:.4f}" if loaded else "-",
                 "mAP@0.5": f"{cell.accuracy:.4f}" if loaded else "-",
+                "centroid F1": f"{cell.accuracy:.4f}" if loaded else "-",
                 "mAP@0.5:0.95": f"{cell.map_50_95:.4f}" if loaded and cell.map_50_95 is not None else "-",
                 "agreement vs source": f"{cell.agreement:.4f}" if loaded else "-",
                 "max Δ logit": f"{cell.max_abs_diff:.2g}"
@@ -143,11 +154,6 @@ def write_report(
     report: ValidationReport, stage_metrics: dict, history_csv: Path, predictions_csv: Path, reports_dir: Path
 ) -> dict:
     """Write reports/ (report.md and its plots) in one atomic swap; returns what it wrote."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    from matplotlib import pyplot as plt
-
     plots = {
         "accuracy_vs_size.png": lambda ax: plot_accuracy_vs_size(ax, report),
         "training_curves.png": lambda ax: plot_history(ax, history_csv),
@@ -156,14 +162,24 @@ def write_report(
     with atomic_path(reports_dir) as tmp:
         tmp.mkdir()
         for name, draw in plots.items():
-            fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
-            draw(ax)
-            fig.tight_layout()
-            fig.savefig(tmp / name, metadata={"Software": None})  # no version stamp: same bytes each run
-            plt.close(fig)
+            save_plot(tmp / name, draw)
         (tmp / "report.md").write_text(report_markdown(report, stage_metrics, plots))
     log.info("wrote %s", reports_dir)
     return {"files": sorted(["report.md", *plots])}
+
+
+def save_plot(path: Path, draw) -> None:
+    """One 640x480 PNG drawn by `draw(ax)`, without a version stamp (the same bytes each run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    draw(ax)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
 
 
 def report_markdown(report: ValidationReport, stage_metrics: dict, plots: dict) -> str:

@@ -32,7 +32,10 @@ class Artifact(BaseModel):
     sha256: str  # of the file: the MLflow version and the git tag name the release file by it
 
 
-SCORE_NAMES = {"classification": "top-1 accuracy", "detection": "mAP@0.5"}
+# what `accuracy` measures, by report task ("fomo": a detector with model.head fomo)
+SCORE_NAMES = {"classification": "top-1 accuracy", "detection": "mAP@0.5", "fomo": "centroid F1"}
+# the model version tag that holds the release file's score (the champion rule compares it)
+SCORE_TAGS = {"classification": "test_accuracy", "detection": "test_map_50", "fomo": "test_centroid_f1"}
 
 CellStatus = Literal["pass", "fail", "known failure"]
 
@@ -97,8 +100,8 @@ class ValidationReport(BaseModel):
     confusion: dict[str, list[list[int]]] = {}  # same models, rows: actual, columns: predicted
     # detection: precision at recall 0, 0.01, ... 1 per class at IoU 0.5 (COCO's), same models
     precision_recall: dict[str, dict[str, list[float | None]]] = {}
-    # detection: the first EXAMPLES test images' confident detections (boxes, classes, scores) of the same
-    # models, for the report's side-by-side picture
+    # detection: the first test images' confident detections (boxes, classes, scores; FOMO: centroids) of
+    # the same models, for the report's side-by-side picture
     examples: dict[str, list[dict[str, list]]] = {}
 
     @classmethod

@@ -43,22 +43,27 @@ class Stage:
     # step records each one's sha256 in its metrics (`<name>: {sha256: ...}`); the flow re-runs it when one
     # changed.
     named_inputs: Callable[[Params, ProjectPaths], dict[str, Path]] = field(default=lambda params, p: {})
-    # the module that does this step for `task: detection` (components/tasks/detection/stages); None: the
-    # same module does it for every task
+    # the module that does this step for `task: detection` (components/tasks/detection/stages), and for
+    # its FOMO head (model.head: fomo; .../fomo_stages); None: the module before it does it
     detection_module: str | None = None
+    fomo_module: str | None = None
 
     @property
     def code(self) -> tuple[str, ...]:
         """Source files (relative to the project root) whose change re-runs the step, for either task (one
         dvc.yaml serves both)."""
-        modules = (self.module, self.detection_module) if self.detection_module else (self.module,)
+        modules = [m for m in (self.module, self.detection_module, self.fomo_module) if m]
         return tuple(sorted({path for module in modules for path in code_dependencies(module)}))
 
-    def module_for(self, task: str) -> str:
-        return self.detection_module if task == "detection" and self.detection_module else self.module
+    def module_for(self, params: Params) -> str:
+        if params.task != "detection":
+            return self.module
+        if params.model.head == "fomo" and self.fomo_module:
+            return self.fomo_module
+        return self.detection_module or self.module
 
     def run(self, params: Params, paths: ProjectPaths, **kwargs) -> dict:
-        return importlib.import_module(self.module_for(params.task)).run_stage(params, paths, **kwargs)
+        return importlib.import_module(self.module_for(params)).run_stage(params, paths, **kwargs)
 
     def named_inputs_unchanged(self, params: Params, paths: ProjectPaths) -> bool:
         """True when every named input has the sha256 the step's metrics recorded when it last ran."""
@@ -81,6 +86,10 @@ def _pretrained_file(params: Params, paths: ProjectPaths) -> dict[str, Path]:
 
 def _detection(step: str) -> str:
     return f"components.tasks.detection.stages.{step}"
+
+
+def _fomo(step: str) -> str:
+    return f"components.tasks.detection.fomo_stages.{step}"
 
 
 def _export_files(container: str) -> Callable[[ProjectPaths], tuple[Path, ...]]:
@@ -108,6 +117,7 @@ STAGES: tuple[Stage, ...] = (
         "components.train",
         ("model", "train", "detection"),
         detection_module=_detection("train"),
+        fomo_module=_fomo("train"),
         deps=lambda p: (p.prepared_dir,),
         named_inputs=_pretrained_file,
         outs=lambda p: (p.float_model,),
@@ -121,6 +131,7 @@ STAGES: tuple[Stage, ...] = (
         "components.prune",
         ("prune",),
         detection_module=_detection("prune"),
+        fomo_module=_fomo("prune"),
         deps=lambda p: (p.prepared_dir, p.float_model),
         outs=lambda p: (p.pruned_model,),
         metrics=lambda p: p.metrics_file("prune"),
@@ -137,6 +148,7 @@ STAGES: tuple[Stage, ...] = (
         "components.qat",
         ("qat",),
         detection_module=_detection("qat"),
+        fomo_module=_fomo("qat"),
         deps=lambda p: (p.prepared_dir, p.pruned_model),
         outs=lambda p: (p.qat_weights,),
         metrics=lambda p: p.metrics_file("qat"),
@@ -153,6 +165,7 @@ STAGES: tuple[Stage, ...] = (
         "components.export_tflite",
         ("export", "detection"),
         detection_module=_detection("export_tflite"),
+        fomo_module=_fomo("export_tflite"),
         deps=lambda p: (p.prepared_dir, p.float_model, p.pruned_model, p.qat_weights),
         outs=_export_files("tflite"),
         metrics=lambda p: p.metrics_file("export_tflite"),
@@ -162,6 +175,7 @@ STAGES: tuple[Stage, ...] = (
         "components.export_onnx",
         ("export",),
         detection_module=_detection("export_onnx"),
+        fomo_module=_fomo("export_onnx"),
         deps=lambda p: (p.prepared_dir, p.pruned_model),
         outs=_export_files("onnx"),
         metrics=lambda p: p.metrics_file("export_onnx"),
@@ -171,6 +185,7 @@ STAGES: tuple[Stage, ...] = (
         "components.mcu",
         (),
         detection_module=_detection("mcu"),
+        fomo_module=_fomo("mcu"),
         deps=lambda p: (get_format(RELEASE_FORMAT).path(p.export_dir),),
         outs=lambda p: (p.mcu_dir,),
         metrics=lambda p: p.metrics_file("mcu"),
@@ -180,6 +195,7 @@ STAGES: tuple[Stage, ...] = (
         "components.validate",
         ("gates", "detection"),
         detection_module=_detection("validate"),
+        fomo_module=_fomo("validate"),
         deps=lambda p: (p.prepared_dir, p.float_model, p.pruned_model, p.qat_weights, *_all_exports(p)),
         outs=lambda p: (),
         metrics=lambda p: p.validation_file,
@@ -198,6 +214,7 @@ STAGES: tuple[Stage, ...] = (
         "components.report",
         (),
         detection_module=_detection("report"),
+        fomo_module=_fomo("report"),
         deps=lambda p: (
             p.prepared_dir,  # a detector's report draws test images
             p.validation_file,

@@ -109,18 +109,33 @@ def validate_format(
 ) -> tuple[list[Cell], np.ndarray | None]:
     """Every runtime target of one format; returns its cells and the LiteRT predictions (for the release
     format's prediction file)."""
-    cells, reference, litert_pred = [], None, None
+    return row_cells(
+        fmt,
+        lambda target: run_cell(fmt, target, export_dir, x_test, y_test, float_pred, source_logits),
+        lambda reference, pred: float(np.mean(pred == reference)),
+    )
+
+
+def row_cells(
+    fmt: ExportFormat,
+    run_cell: Callable[[RuntimeTarget], tuple[Cell, object | None]],
+    agreement: Callable[[object, object], float],
+) -> tuple[list[Cell], object | None]:
+    """Every runtime target of one format's row: `run_cell(target)` measures one (its output None when the
+    runtime could not run the file); each cell after the first runtime that ran the file gets
+    `agreement(that runtime's output, its own)`. Returns the cells and the LiteRT output."""
+    cells, reference, litert_output = [], None, None
     for target in fmt.runtimes:  # the first runtime that ran the file is the one the others must match
-        cell, pred = run_cell(fmt, target, export_dir, x_test, y_test, float_pred, source_logits)
-        if pred is not None and reference is None:
-            reference = (target.name, pred)
-        elif pred is not None:
+        cell, output = run_cell(target)
+        if output is not None and reference is None:
+            reference = (target.name, output)
+        elif output is not None:
             cell.reference_runtime = reference[0]
-            cell.runtime_agreement = float(np.mean(pred == reference[1]))
-        if target.runtime == "litert" and pred is not None:
-            litert_pred = pred
+            cell.runtime_agreement = agreement(reference[1], output)
+        if target.runtime == "litert" and output is not None:
+            litert_output = output
         cells.append(cell)
-    return cells, litert_pred
+    return cells, litert_output
 
 
 def describe_artifact(fmt: ExportFormat, export_dir: Path, parameters: int) -> Artifact:

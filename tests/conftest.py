@@ -275,6 +275,7 @@ HEAVIEST_FIRST = [
     "trained-project",  # the session's trained project: test_faults.py and test_model_steps.py
     "test_pipeline_flow",
     "test_detection",  # its module fixture releases a detector through the flow
+    "test_fomo",  # its module fixture runs the FOMO head through every step
     "test_mobilenet_v2",
     "test_serve_integration",
     "test_serve_shutdown",

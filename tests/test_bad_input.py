@@ -183,7 +183,7 @@ DATA_CASES = [
     DataCase(
         "data-folder-is-a-file",
         lambda raw: (shutil.rmtree(raw), raw.write_text("not a folder")),
-        ("data/raw: is a file, not a folder", "Set data.raw_dir in params.yaml to a folder"),
+        ("data/raw: is a file, not a folder", "Set data.raw_dir in params.yaml to the folder of your images"),
     ),
     DataCase(
         "images-at-the-top-level",

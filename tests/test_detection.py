@@ -5,6 +5,7 @@ and their checks, anchors and matching, decoding, COCO mAP, and the detector's T
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -164,6 +165,7 @@ DETECTION_PARAMS = {
     # runtime loosely here; test_the_int8_detector_runs_in_tflite_micro_as_in_litert checks them closely
     "gates": {"min_agreement": 0.7, "min_runtime_agreement": 0.7},
     "mlflow": {"experiment": "edgepipe-detection-tests"},
+    "benchmark": {"threads": 1, "warmup": 1, "rounds": 1, "runs_per_round": 2},
 }
 
 
@@ -449,6 +451,31 @@ def test_the_flow_releases_the_detector_in_mlflow_dvc_and_git(released):
         np.testing.assert_array_equal(predicted["classes"][i, :n], found.classes)
     status = run_dvc(root, "status")
     assert "up to date" in status or status.strip() == ""
+
+
+def test_the_benchmark_times_a_detector_and_scores_it_with_the_validation_map(released):
+    """bench/benchmark.py on the released detector: every cell of the chosen rows timed in its own
+    process and scored with the same COCO mAP@0.5 as the validation matrix."""
+    import sys
+
+    from components.results import ValidationReport
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # spawned workers inherit it
+    import benchmark
+
+    root = released["root"]
+    rows = benchmark.benchmark(root, root / "params.yaml", "tflite_int8,onnx_float32", use_mlflow=False)
+    report = ValidationReport.load(released["paths"].validation_file)
+    assert [(r["format"], r["runtime"]) for r in rows] == [
+        ("tflite_int8", "litert"),
+        ("tflite_int8", "tflm"),
+        ("onnx_float32", "onnxruntime"),
+        ("onnx_float32", "opencv_dnn:classic"),
+        ("onnx_float32", "opencv_dnn:new"),
+    ]
+    for row in rows:
+        assert row["error"] is None and row["median_ms"] > 0 and row["peak_rss_bytes"] > 0
+        assert row["accuracy"] == pytest.approx(report.accuracy(row["format"], row["runtime"]), abs=1e-9)
 
 
 def run_dvc(root, *args) -> str:

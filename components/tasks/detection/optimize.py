@@ -22,16 +22,18 @@ def copy_of(model: keras.Model) -> keras.Model:
     return copy
 
 
-def prune_detector(model: keras.Model, data: TrainingData, config: PruneConfig) -> tuple[keras.Model, dict]:
-    """Magnitude pruning to config.target_sparsity, fine-tuning as it cuts; returns the stripped model
-    (`model` is left as it was)."""
+def prune_detector(
+    model: keras.Model, data: TrainingData, config: PruneConfig, fit=fit_detector
+) -> tuple[keras.Model, dict]:
+    """Magnitude pruning to config.target_sparsity, fine-tuning as it cuts (`fit`: the head's training
+    loop, fit_detector's signature); returns the stripped model (`model` is left as it was)."""
     model = copy_of(model)
     seed_everything(0)
     steps_per_epoch = math.ceil(len(data.train.images) / config.batch_size)
     wrapped = tfmot.sparsity.keras.prune_low_magnitude(
         model, pruning_schedule=pruning_schedule(config, steps_per_epoch)
     )
-    history = fit_detector(
+    history = fit(
         wrapped,
         data,
         config.learning_rate,
@@ -42,11 +44,13 @@ def prune_detector(model: keras.Model, data: TrainingData, config: PruneConfig) 
     return tfmot.sparsity.keras.strip_pruning(wrapped), history.history
 
 
-def qat_detector(pruned: keras.Model, data: TrainingData, config: QatConfig) -> tuple[keras.Model, dict]:
+def qat_detector(
+    pruned: keras.Model, data: TrainingData, config: QatConfig, fit=fit_detector
+) -> tuple[keras.Model, dict]:
     """Pruning-preserving quantization-aware fine-tuning (the sparsity survives into the int8 file);
     `pruned` is left as it was."""
     pruned = copy_of(pruned)
     seed_everything(0)
     model = quantization_aware(pruned)
-    history = fit_detector(model, data, config.learning_rate, config.epochs, config.batch_size)
+    history = fit(model, data, config.learning_rate, config.epochs, config.batch_size)
     return model, history.history

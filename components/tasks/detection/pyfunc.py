@@ -47,26 +47,43 @@ class LiteRTDetector(mlflow.pyfunc.PythonModel):
         }
 
 
+class LiteRTFomo(mlflow.pyfunc.PythonModel):
+    """A FOMO .tflite in LiteRT: {"heatmap": (N, H/8, W/8, classes + 1)}, dequantised softmax scores per
+    cell, channel 0 background (components/tasks/detection/fomo.py decodes it to object centres)."""
+
+    def load_context(self, context) -> None:
+        self._run = components.runtimes.litert(context.artifacts["tflite"], threads=1)
+
+    def predict(self, context, model_input: np.ndarray, params=None) -> dict[str, np.ndarray]:
+        return {"heatmap": self._run(np.asarray(model_input, dtype=np.float32)).astype(np.float32)}
+
+
 # What the logged pyfunc needs to load and run, at the versions installed here (requirements.lock's)
 REQUIREMENTS = [f"{name}=={package_version(name)}" for name in ("mlflow", "numpy", "ai-edge-litert")]
 
 
-def log_detector_models(export_dir: Path, x_example: np.ndarray, sha256: str):
-    """The release detector .tflite as a pyfunc that returns boxes, classes, scores and count; returns its
-    model info (what a version registers). The ONNX files stay run artifacts: their raw outputs need the
-    anchors in their metadata to decode."""
+def log_fomo_models(export_dir: Path, x_example: np.ndarray, sha256: str):
+    """The release FOMO .tflite as a pyfunc that returns the heatmap; returns its model info."""
+    return log_detector_models(export_dir, x_example, sha256, LiteRTFomo)
+
+
+def log_detector_models(export_dir: Path, x_example: np.ndarray, sha256: str, kind=LiteRTDetector):
+    """The release detector .tflite as a pyfunc (`kind`) that returns boxes, classes, scores and count;
+    returns its model info (what a version registers). The ONNX files stay run artifacts: their raw
+    outputs need the anchors in their metadata to decode."""
     import sys
 
     release = get_format(RELEASE_FORMAT, "detection")
     tflite = release.path(export_dir)
-    model = LiteRTDetector()
+    model = kind()
     module = sys.modules[__name__]
     cloudpickle.register_pickle_by_value(module)
     cloudpickle.register_pickle_by_value(components.runtimes)
     try:
         model.load_context(type("Context", (), {"artifacts": {"tflite": str(tflite)}})())
         signature = infer_signature(x_example, model.predict(None, x_example))
-        del model._interpreter  # not picklable; load_context opens it again where the model is served
+        for name in ("_interpreter", "_run"):  # not picklable; load_context opens them where it is served
+            model.__dict__.pop(name, None)
         return mlflow.pyfunc.log_model(
             name=release.name,
             python_model=model,

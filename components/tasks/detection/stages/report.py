@@ -16,7 +16,7 @@ from components.config import Params
 from components.dataset import read_dataset_info
 from components.formats import RELEASE_FORMAT
 from components.paths import ProjectPaths
-from components.report import plot_confusion, to_markdown
+from components.report import plot_confusion, save_plot, to_markdown
 from components.results import ValidationReport
 from components.tasks.detection.decode import Detections
 from components.tasks.detection.plots import draw_side_by_side, plot_precision_recall
@@ -29,11 +29,6 @@ LABELS = {"float": "float Keras", "release": f"{RELEASE_FORMAT} (LiteRT)"}
 
 
 def run_stage(params: Params, paths: ProjectPaths) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     report = ValidationReport.load(paths.validation_file)
     metrics = {name: read_json(paths.metrics_file(name)) for name in ("train", "prune", "qat", "mcu")}
     classes = read_dataset_info(paths.prepared_dir).classes
@@ -53,12 +48,10 @@ def run_stage(params: Params, paths: ProjectPaths) -> dict:
             LABELS[name]: [as_detections(d) for d in found] for name, found in report.examples.items()
         }
         draw_side_by_side(tmp / PLOTS[1], test.images[:shown], columns, classes)
-        for name, draw in ((PLOTS[2], plot_confusion_of(paths)), (PLOTS[3], plot_curves_of(paths))):
-            fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
-            draw(ax)
-            fig.tight_layout()
-            fig.savefig(tmp / name, metadata={"Software": None})
-            plt.close(fig)
+        save_plot(tmp / PLOTS[2], lambda ax: plot_confusion(ax, paths.release_predictions))
+        save_plot(
+            tmp / PLOTS[3], training_curves(paths.train_history, "val_map_50", "val mAP@0.5", "Detector")
+        )
         (tmp / "report.md").write_text(report_markdown(report, metrics))
     log.info("wrote %s", paths.reports_dir)
     summary = {"files": sorted(["report.md", *PLOTS])}
@@ -74,21 +67,20 @@ def as_detections(found: dict) -> Detections:
     )
 
 
-def plot_confusion_of(paths: ProjectPaths):
-    return lambda ax: plot_confusion(ax, paths.release_predictions)
+def training_curves(history_csv: Path, score: str, score_label: str, title: str):
+    """The drawer of a detector's training curves: train and val loss, and the validation score per epoch
+    (`score`: its column in the history) on a second axis."""
 
-
-def plot_curves_of(paths: ProjectPaths):
     def draw(ax) -> None:
-        with Path(paths.train_history).open(newline="") as handle:
+        with Path(history_csv).open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         epochs = [int(r["epoch"]) for r in rows]
         ax.plot(epochs, [float(r["loss"]) for r in rows], label="train loss")
         ax.plot(epochs, [float(r["val_loss"]) for r in rows], label="val loss")
-        ax.set(xlabel="epoch", ylabel="loss (smooth L1 + focal)", title="Detector training")
+        ax.set(xlabel="epoch", ylabel="loss", title=f"{title} training")
         twin = ax.twinx()
-        twin.plot(epochs, [float(r["val_map_50"]) for r in rows], color="black", label="val mAP@0.5")
-        twin.set(ylabel="val mAP@0.5", ylim=(0, 1))
+        twin.plot(epochs, [float(r[score]) for r in rows], color="black", label=score_label)
+        twin.set(ylabel=score_label, ylim=(0, 1))
         ax.legend(loc="center right")
         twin.legend(loc="lower right")
 

@@ -31,12 +31,7 @@ def run_stage(params: Params, paths: ProjectPaths) -> dict:
     data = training_data(paths.prepared_dir)
     seed_everything(config.seed)
     model = build_detector(info.input_shape, info.num_classes, params.model.width_multiplier, "detector")
-    steps = config.epochs * -(-len(data.train.images) // config.batch_size)
-    learning_rate = config.learning_rate
-    if config.schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0, steps, alpha=0.01, warmup_target=config.learning_rate, warmup_steps=min(100, steps // 10)
-        )
+    learning_rate = learning_rate_schedule(config, len(data.train.images))
     validation = ValidationMap(data, info.classes, nms_settings(params.detection.nms))
     keep_best = keras.callbacks.EarlyStopping(
         monitor="val_map_50", mode="max", patience=config.patience, restore_best_weights=True
@@ -68,6 +63,16 @@ def run_stage(params: Params, paths: ProjectPaths) -> dict:
     save_model(model, paths.float_model)
     log.info("trained the detector: %s", metrics)
     return metrics
+
+
+def learning_rate_schedule(config, train_images: int):
+    """train.learning_rate, or with train.schedule cosine its cosine decay to 1 % after a short warm-up."""
+    if config.schedule != "cosine":
+        return config.learning_rate
+    steps = config.epochs * -(-train_images // config.batch_size)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, steps, alpha=0.01, warmup_target=config.learning_rate, warmup_steps=min(100, steps // 10)
+    )
 
 
 def diagnosis(metrics: dict, params: Params, paths: ProjectPaths) -> str:

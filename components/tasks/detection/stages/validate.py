@@ -36,7 +36,7 @@ from components.tasks.detection.model import anchors_for
 from components.tasks.detection.prepared import ground_truth, load_detection_split, nms_settings
 from components.tasks.detection.runtimes import open_detection_runner
 from components.tasks.detection.train import predict_detections
-from components.validate import describe_artifact, measure_cell
+from components.validate import describe_artifact, measure_cell, row_cells
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +129,11 @@ def validate_format(
     fmt: ExportFormat, export_dir: Path, test: ScoringSet
 ) -> tuple[list[Cell], list[Detections] | None]:
     """Every runtime target of one format; returns its cells and the LiteRT detections."""
-    cells, reference, litert_found = [], None, None
-    for target in fmt.runtimes:
-        cell, found = run_cell(fmt, target, export_dir, test)
-        if found is not None and reference is None:
-            reference = (target.name, found)
-        elif found is not None:
-            cell.reference_runtime = reference[0]
-            cell.runtime_agreement = agreement(reference[1], found, CONFIDENT)
-        if target.runtime == "litert" and found is not None:
-            litert_found = found
-        cells.append(cell)
-    return cells, litert_found
+    return row_cells(
+        fmt,
+        lambda target: run_cell(fmt, target, export_dir, test),
+        lambda reference, found: agreement(reference, found, CONFIDENT),
+    )
 
 
 def run_cell(

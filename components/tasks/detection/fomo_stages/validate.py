@@ -1,0 +1,161 @@
+"""validate (FOMO): every artifact of the FOMO rows of the format registry in every runtime its row names,
+on the test split: the heatmap decoded to object centres (fomo.centroids_from_heatmap) and scored by
+centroid F1 (a centre within detection.fomo.max_distance of an object's centre, same class), with the
+agreement of those centres with the Keras model the file was made from and with the row's first runtime;
+then the classifier's gates, on the F1 (`gates.max_accuracy_drop` bounds its drop)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from components.atomic import atomic_path
+from components.config import Params
+from components.dataset import read_dataset_info
+from components.formats import RELEASE_FORMAT, ExportFormat, RuntimeTarget, formats_for
+from components.gates import cell_status, gate_failures
+from components.model import load_model
+from components.paths import ProjectPaths
+from components.qat import load_qat_model
+from components.results import SCORE_NAMES, Cell, GateVerdict, ValidationReport
+from components.runtimes import open_runner
+from components.tasks.detection.fomo import (
+    Centroid,
+    centroid_agreement,
+    centroid_metrics,
+    centroid_pairs,
+    centroids_from_heatmap,
+)
+from components.tasks.detection.prepared import load_detection_split
+from components.validate import describe_artifact, measure_cell, row_cells
+
+log = logging.getLogger(__name__)
+
+BACKGROUND = "background"
+EXAMPLES = 6  # test images drawn in the report
+
+
+@dataclass(frozen=True)
+class ScoringSet:
+    x: np.ndarray
+    truth: list[tuple[np.ndarray, np.ndarray]]
+    classes: list[str]
+    threshold: float
+    max_distance: float
+    source_found: dict[str, list[list[Centroid]]]
+    heatmap_shape: tuple[int, int, int]  # grid height, width, classes + 1
+
+    def centroids(self, outputs: np.ndarray) -> list[list[Centroid]]:
+        """Centres from a runtime's outputs (OpenCV's come flat: shaped back to the heatmap's)."""
+        heatmaps = np.asarray(outputs, np.float32).reshape(len(self.x), *self.heatmap_shape)
+        return centroids_from_heatmap(heatmaps, self.threshold)
+
+
+def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> ValidationReport:
+    info, fomo = read_dataset_info(paths.prepared_dir), params.detection.fomo
+    test = load_detection_split(paths.prepared_dir, "test")
+    x_test = info.normalize(test.images)
+    truth = list(zip(test.boxes, test.labels, strict=True))
+    keras_float = load_model(paths.float_model)
+    sources = {
+        "float": keras_float,
+        "pruned": load_model(paths.pruned_model),
+        "qat": load_qat_model(paths.pruned_model, paths.qat_weights),
+    }
+    found = {
+        name: centroids_from_heatmap(m.predict(x_test, verbose=0, batch_size=32), fomo.threshold)
+        for name, m in sources.items()
+    }
+    scoring = ScoringSet(
+        x_test, truth, info.classes, fomo.threshold, fomo.max_distance, found, keras_float.output_shape[1:]
+    )
+    float_scores = centroid_metrics(truth, found["float"], info.classes, fomo.max_distance)
+    formats = formats_for("detection", "fomo")
+    parameters = int(keras_float.count_params())
+    artifacts = {fmt.name: describe_artifact(fmt, paths.export_dir, parameters) for fmt in formats}
+    cells, release_found = [], None
+    run_format = partial(validate_format, export_dir=paths.export_dir, scoring=scoring)
+    for fmt, (format_cells, litert_found) in zip(formats, map_fn(run_format, formats), strict=True):
+        cells += format_cells
+        if fmt.name == RELEASE_FORMAT:
+            release_found = litert_found
+    score = SCORE_NAMES["fomo"]
+    failures = gate_failures(params.gates, float_scores["f1"], artifacts, cells, score)
+    for cell in cells:
+        cell.status = cell_status(cell, params.gates, float_scores["f1"], score)
+    per_model = {"float": found["float"]} | ({"release": release_found} if release_found else {})
+    background = len(info.classes)
+    report = ValidationReport(
+        task="fomo",
+        float_accuracy=float_scores["f1"],
+        test_images=len(test.images),
+        parameters=parameters,
+        artifacts=artifacts,
+        cells=cells,
+        gates=GateVerdict(passed=not failures, failures=failures, **params.gates.model_dump()),
+        per_class={
+            name: centroid_metrics(truth, f, info.classes, fomo.max_distance)["per_class"]
+            for name, f in per_model.items()
+        },
+        confusion={
+            name: confusion(centroid_pairs(truth, f, background, fomo.max_distance), background + 1)
+            for name, f in per_model.items()
+        },
+        examples={
+            name: [
+                {"centroids": [[round(x, 4), round(y, 4), c, round(s, 4)] for x, y, c, s in image]}
+                for image in f[:EXAMPLES]
+            ]
+            for name, f in per_model.items()
+        },
+    )
+    names = [*info.classes, BACKGROUND]
+    with atomic_path(paths.release_predictions) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual", "predicted"])
+        if release_found is not None:
+            pairs = centroid_pairs(truth, release_found, background, fomo.max_distance)
+            writer.writerows((names[a], names[p]) for a, p in pairs)
+    report.save(paths.validation_file)
+    for failure in failures:
+        log.warning("gate failed: %s", failure)
+    return report
+
+
+def confusion(pairs: list[tuple[int, int]], size: int) -> list[list[int]]:
+    matrix = np.zeros((size, size), dtype=int)
+    for actual, predicted in pairs:
+        matrix[actual, predicted] += 1
+    return matrix.tolist()
+
+
+def validate_format(
+    fmt: ExportFormat, export_dir: Path, scoring: ScoringSet
+) -> tuple[list[Cell], list[list[Centroid]] | None]:
+    return row_cells(
+        fmt,
+        lambda target: run_cell(fmt, target, export_dir, scoring),
+        lambda reference, found: centroid_agreement(reference, found, scoring.max_distance),
+    )
+
+
+def run_cell(
+    fmt: ExportFormat, target: RuntimeTarget, export_dir: Path, scoring: ScoringSet
+) -> tuple[Cell, list[list[Centroid]] | None]:
+    cell, outputs = measure_cell(fmt, target, export_dir, lambda path: open_runner(target, path)(scoring.x))
+    if outputs is None:
+        return cell, None
+    reference = scoring.source_found[fmt.source]
+    found = scoring.centroids(outputs)
+    scores = centroid_metrics(scoring.truth, found, scoring.classes, scoring.max_distance)
+    cell.loaded = True
+    cell.accuracy = scores["f1"]
+    cell.agreement = centroid_agreement(reference, found, scoring.max_distance)
+    cell.float_agreement = centroid_agreement(scoring.source_found["float"], found, scoring.max_distance)
+    return cell, found
