@@ -230,14 +230,39 @@ class ExportConfig(Section):
 Task = Literal["classification", "detection"]
 # What `auto` model settings are for each task: the classifier of the bundled digits, and a MobileNetV2
 # detector whose int8 file (stride-16 and -32 heads, Conv_1 left out: model.FEATURE_LAYERS) fits 256 KiB.
-TASK_MODEL_DEFAULTS: dict[str, dict] = {
-    "classification": {"name": "edgepipe-digits", "architecture": "small_cnn", "width_multiplier": 1.0},
-    "detection": {"name": "edgepipe-detector", "architecture": "mobilenet_v2", "width_multiplier": 0.35},
+# What `auto` (or an unset key) means for each task, by section.key. The classifier's are the settings
+# the bundled digits were tuned with. A detector needs more steps than a classifier (anchor matching,
+# focal loss): on the bundled scenes (280 training images) batch 32 for 60 epochs reached val mAP@0.5
+# 0.29; batch 16: 0.51 and 0.50 (60 epochs, two seeds), 0.89 (80), 0.89 (100, stopped at 82): it jumps
+# late, so patience is long too. Pruning in 108 steps lost 15 pp of mAP@0.5, in 216 (bench/detection.py)
+# none. docs/figures.md has the runs.
+TASK_DEFAULTS: dict[str, dict[str, object]] = {
+    "classification": {
+        "model.name": "edgepipe-digits",
+        "model.architecture": "small_cnn",
+        "model.width_multiplier": 1.0,
+        "data.bundled_if_empty": "digits",
+        "train.epochs": 60,
+        "train.patience": 12,
+        "train.batch_size": 32,
+        "prune.batch_size": 32,
+        "prune.min_steps": 100,
+        "qat.batch_size": 32,
+    },
+    "detection": {
+        "model.name": "edgepipe-detector",
+        "model.architecture": "mobilenet_v2",
+        "model.width_multiplier": 0.35,
+        "data.bundled_if_empty": "scenes",
+        "train.epochs": 100,
+        "train.patience": 30,
+        "train.batch_size": 16,
+        "prune.batch_size": 16,
+        "prune.min_steps": 200,
+        "qat.batch_size": 16,
+    },
 }
-TASK_BUNDLED_DATA = {"classification": "digits", "detection": "scenes"}
-# `train.batch_size: auto`: a detector needs more steps than a classifier (anchor matching, focal loss). On
-# the bundled scenes (280 training images, 60 epochs) batch 32 reached val mAP@0.5 0.29, batch 16 0.8+.
-TASK_BATCH_SIZE = {"classification": 32, "detection": 16}
+TASK_BUNDLED_DATA = {task: values["data.bundled_if_empty"] for task, values in TASK_DEFAULTS.items()}
 # `gates.max_bytes.<format>: auto`: the flash a task's release file may take. 256 KiB leaves flash for the
 # firmware on an OpenMV-class camera; the SSD detector's int8 file (about 380 KB at 96x96, alpha 0.35)
 # needs an OpenMV H7 Plus / RT1062-class camera, 512 KiB of its flash.
@@ -264,24 +289,20 @@ class Params(Section):
     @model_validator(mode="before")
     @classmethod
     def _task_defaults(cls, raw: object) -> object:
-        """`auto` (or unset) model settings and bundled data become the task's (TASK_MODEL_DEFAULTS)."""
+        """`auto` (or unset) settings of TASK_DEFAULTS become the task's, and `gates.max_bytes` entries."""
         if not isinstance(raw, dict):
             return raw
         task = raw.get("task", "classification")
-        if task not in TASK_MODEL_DEFAULTS:
+        if task not in TASK_DEFAULTS:
             return raw  # the field's own check names the allowed values
-        model, data, train = (raw.get(key, {}) for key in ("model", "data", "train"))
-        if not all(isinstance(section, dict) for section in (model, data, train)):
-            return raw  # the section's own check says what is wrong
-        model, data, train = dict(model), dict(data), dict(train)
-        if train.get("batch_size", "auto") == "auto":
-            train["batch_size"] = TASK_BATCH_SIZE[task]
-        for key, value in TASK_MODEL_DEFAULTS[task].items():
-            if model.get(key, "auto") == "auto":
-                model[key] = value
-        if data.get("bundled_if_empty", "auto") == "auto":
-            data["bundled_if_empty"] = TASK_BUNDLED_DATA[task]
-        resolved = {**raw, "model": model, "data": data, "train": train}
+        resolved = dict(raw)
+        for dotted, value in TASK_DEFAULTS[task].items():
+            section, key = dotted.split(".")
+            found = raw.get(section, {})
+            if not isinstance(found, dict):
+                return raw  # the section's own check says what is wrong
+            if found.get(key, "auto") == "auto":
+                resolved[section] = {**resolved.get(section, found), key: value}
         gates = raw.get("gates")
         if isinstance(gates, dict) and isinstance(gates.get("max_bytes"), dict):
             sizes = {k: TASK_MAX_BYTES[task] if v == "auto" else v for k, v in gates["max_bytes"].items()}
