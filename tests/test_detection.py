@@ -573,3 +573,18 @@ def test_the_mcu_package_of_a_detector_holds_the_model_its_arena_and_an_openmv_s
     with pytest.raises(EdgepipeError, match="not a full-integer detector"):
         package_detector_for_mcu(files["float32.tflite"], metadata, tmp_path / "float")
     assert not (tmp_path / "float").exists()
+
+
+def test_scoring_in_parallel_threads_leaves_stdout_alone():
+    """Validation scores formats on parallel threads; pycocotools' printing is silenced by swapping
+    sys.stdout, which, interleaved, once left it on a buffer and the CLI's results table vanished."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    box = np.array([[0.1, 0.1, 0.5, 0.5]], np.float32)
+    truth = [GroundTruth(box, np.array([0]), 96, 96)] * 4
+    found = [Detections(box, np.array([0]), np.array([0.9], np.float32))] * 4
+    before = sys.stdout
+    with ThreadPoolExecutor(4) as pool:
+        scores = list(pool.map(lambda _: coco_map(truth, found, ["a"])["map_50"], range(24)))
+    assert sys.stdout is before and scores == [pytest.approx(1.0)] * 24

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ from components.tasks.detection.anchors import iou
 from components.tasks.detection.decode import Detections
 
 RECALLS = np.linspace(0.0, 1.0, 101)  # COCOeval's recall thresholds
+_QUIET_COCO = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,10 @@ def coco_map(truth: list[GroundTruth], found: list[Detections], classes: list[st
     }
     if not results or not annotations:
         return empty
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
+    # pycocotools prints its progress and table. redirect_stdout swaps the process-wide sys.stdout, so two
+    # threads (validation's per-format fan-out) interleaving it left sys.stdout on a StringIO and the
+    # CLI's results table vanished (seen in a detection `make run`): one evaluation at a time.
+    with _QUIET_COCO, contextlib.redirect_stdout(io.StringIO()):
         reference = COCO()
         reference.dataset = {
             "images": images,
