@@ -38,7 +38,7 @@ def project(base: Path, layout: str, images: int) -> Path:
     for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
         shutil.copy2(ROOT / name, root / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump({"task": "detection", **params}, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump({**params, "task": "detection"}, sort_keys=False))
     scenes = base / layout / "scenes"
     write_detection_set(scenes, images=images, seed=SEEDS[layout])
     if layout == "yolo":

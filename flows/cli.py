@@ -32,10 +32,11 @@ def run(
     """Run the whole pipeline as a Prefect flow and print the results table. When nothing changed since the
     last release (dvc status, the MLflow registry), say so and print its results without starting Prefect."""
     from components.config import load_params
-    from components.image_folder import quick_check
+    from components.image_folder import has_images, quick_check
     from components.paths import ProjectPaths
     from components.pretrained import weights_file
     from components.stages import check_params_sections
+    from components.tasks.detection.annotations import is_detection_folder, read_detection_set
     from components.up_to_date import unchanged_release
 
     # What can be checked in seconds fails before Prefect starts: the params and weights files, the data.
@@ -55,12 +56,15 @@ def run(
         # only when the flow runs: data an unchanged release was made from passed prepare's check
         raw_dir = ProjectPaths(root).raw_dir(config.data)
         if config.task == "detection":  # every annotation checked (in about a second for 400 images)
-            from components.image_folder import has_images
-            from components.tasks.detection.annotations import read_detection_set
-
             if has_images(raw_dir):
                 read_detection_set(raw_dir, config.data.on_bad_image)
         else:
+            if is_detection_folder(raw_dir):
+                raise EdgepipeError(
+                    f"{raw_dir}: holds images/ with labels/ or annotations.json, an annotated detection "
+                    "folder, but params.yaml says task: classification (one subfolder per class). Set "
+                    "task: detection in params.yaml to train a detector on it."
+                )
             quick_check(raw_dir, config.data.on_bad_image)
         from flows.pipeline import pipeline
 

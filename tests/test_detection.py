@@ -588,3 +588,20 @@ def test_scoring_in_parallel_threads_leaves_stdout_alone():
     with ThreadPoolExecutor(4) as pool:
         scores = list(pool.map(lambda _: coco_map(truth, found, ["a"])["map_50"], range(24)))
     assert sys.stdout is before and scores == [pytest.approx(1.0)] * 24
+
+
+def test_an_annotated_folder_under_the_classification_task_says_to_set_task_detection(scenes, tmp_path):
+    """The usual first mistake: a YOLO export in data/raw and params.yaml still classifying. `edgepipe run`
+    stops before anything runs and names the key to set (exit 2), not "class folder has no images"."""
+    from typer.testing import CliRunner
+
+    from conftest import write_params
+    from flows.cli import app
+
+    shutil.copytree(scenes[0], tmp_path / "data" / "raw")
+    write_params(tmp_path / "params.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        result = CliRunner().invoke(app, ["run", "--project-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "an annotated detection folder" in result.output and "Set task: detection" in result.output
