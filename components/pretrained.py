@@ -85,9 +85,13 @@ def weights_file(config: ModelConfig, image: ImageSpec, root: Path) -> Path | No
         ) from None
 
 
-def load_weights(model, source: str, path: Path) -> LoadedWeights:
-    """Copy every layer of `path` whose name and weight shapes match into `model`, except the head."""
+def load_weights(model, source: str, path: Path, fresh: tuple[str, ...] | None = None) -> LoadedWeights:
+    """Copy every layer of `path` whose name and weight shapes match into `model`, except the `fresh`
+    layers (default: the classifier head), whose classes differ in meaning even when their number
+    matches (a detector passes its class heads)."""
     from components.model import HEAD_LAYER, load_model  # TensorFlow: only when a model is trained
+
+    fresh = (HEAD_LAYER,) if fresh is None else fresh
 
     try:
         if path.suffix == ".h5":
@@ -101,8 +105,7 @@ def load_weights(model, source: str, path: Path) -> LoadedWeights:
     loaded = tuple(
         layer.name
         for layer in with_weights
-        if layer.name != HEAD_LAYER  # the classes differ in meaning, even when their number matches
-        and available.get(layer.name) == [tuple(w.shape) for w in layer.weights]
+        if layer.name not in fresh and available.get(layer.name) == [tuple(w.shape) for w in layer.weights]
     )
     if not loaded:
         raise EdgepipeError(
@@ -110,10 +113,10 @@ def load_weights(model, source: str, path: Path) -> LoadedWeights:
             "weight shapes differ). Use weights of the same model.architecture and width_multiplier."
         )
     if path.suffix == ".h5":
-        head = model.get_layer(HEAD_LAYER)
-        head_weights = head.get_weights()
+        kept = {layer.name: layer.get_weights() for layer in with_weights if layer.name in fresh}
         model.load_weights(str(path), by_name=True, skip_mismatch=True)  # the same name and shape rule
-        head.set_weights(head_weights)
+        for name, weights in kept.items():
+            model.get_layer(name).set_weights(weights)
     else:
         for name in loaded:
             model.get_layer(name).set_weights(donor.get_layer(name).get_weights())

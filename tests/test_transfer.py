@@ -194,3 +194,42 @@ def test_weights_learned_on_one_folder_make_a_small_other_folder_learnable(tmp_p
 
 def _outs(tmp_path, prefix: str):
     return tmp_path / f"{prefix}.json", tmp_path / f"{prefix}.csv"
+
+
+def test_a_detector_starts_from_imagenet_weights_with_fresh_class_heads_and_trains_both_phases(keras_home):
+    """task: detection with model.pretrained: imagenet (auto: MobileNetV2 alpha 0.35, 96 px): the backbone
+    layers the SSD detector keeps get Keras' weights from the cache, its class heads start fresh, the box
+    heads and the feature heads too (not in the file), and the train step runs the two phases."""
+    from components.tasks.detection.scenes import write_detection_set
+    from components.tasks.detection.stages.train import CLASS_HEADS
+
+    keras_home.mkdir()
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=None, pooling="avg"
+    )
+    backbone.save_weights(keras_home / IMAGENET_FILE)
+    root = keras_home.parent.parent / "project"
+    write_detection_set(root / "data" / "raw", images=24, seed=4)
+    params = Params.model_validate(
+        {
+            "task": "detection",
+            "model": {"pretrained": "imagenet"},
+            "train": {"epochs": 1, "batch_size": 8, "transfer": {"head_epochs": 1}},
+            "detection": {"min_val_map": 0.0},
+        }
+    )
+    paths = ProjectPaths(root)
+    get_stage("prepare").run(params, paths)
+    metrics = get_stage("train").run(params, paths)
+    assert metrics["pretrained"]["source"] == "imagenet" and metrics["pretrained"]["file"] == IMAGENET_FILE
+    assert metrics["pretrained"]["sha256"] == file_digest(keras_home / IMAGENET_FILE)
+    assert metrics["epochs_run"] == 2  # one epoch per phase
+    model = load_model(paths.float_model)
+    kept = [layer.name for layer in model.layers if layer.weights and layer.name in backbone_names(backbone)]
+    assert metrics["pretrained"]["layers_loaded"] == len(kept) > 50
+    assert set(CLASS_HEADS) <= {layer.name for layer in model.layers}
+    assert "phase" in (paths.train_history.read_text().splitlines()[0])
+
+
+def backbone_names(model) -> set[str]:
+    return {layer.name for layer in model.layers if layer.weights}
