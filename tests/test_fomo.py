@@ -191,3 +191,24 @@ def test_the_openmv_script_is_python_that_loads_the_model_and_its_labels():
     assert 'open("labels.txt")' in script and "NUM_CLASSES = 3" in script and "draw_circle" in script
     assert "csi0.window((240, 240))" in script
     assert "csi0.window((320, 240))" in openmv_fomo_script(["a"], (96, 160))
+
+
+def test_the_mlflow_model_of_a_fomo_release_returns_its_heatmap(pipeline_run, tmp_path):
+    """What registration logs for a FOMO release (a real MLflow SQLite store): loaded back by MLflow, the
+    pyfunc returns the LiteRT heatmap of the int8 file."""
+    import mlflow
+
+    from components.dataset import read_dataset_info
+    from components.runtimes import litert
+    from components.tasks.detection.prepared import load_detection_split
+    from components.tasks.detection.pyfunc import log_fomo_models
+
+    _, paths, _, _ = pipeline_run
+    info = read_dataset_info(paths.prepared_dir)
+    images = info.normalize(load_detection_split(paths.prepared_dir, "test").images[:2])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run():
+        logged = log_fomo_models(paths.export_dir, images, "0" * 64)
+    heatmap = mlflow.pyfunc.load_model(logged.model_uri).predict(images)["heatmap"]
+    assert heatmap.shape == (2, 12, 12, 4)
+    np.testing.assert_array_equal(heatmap, litert(paths.export_dir / "model_int8.tflite")(images))

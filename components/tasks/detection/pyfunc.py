@@ -19,7 +19,7 @@ from mlflow.models import infer_signature
 
 import components.runtimes
 from components.formats import RELEASE_FORMAT, get_format
-from components.runtimes import litert_interpreter, quantize
+from components.runtimes import litert, litert_interpreter, quantize
 
 OUTPUT_NAMES = ("boxes", "classes", "scores", "count")  # the op's outputs, the file's order
 
@@ -52,7 +52,7 @@ class LiteRTFomo(mlflow.pyfunc.PythonModel):
     cell, channel 0 background (components/tasks/detection/fomo.py decodes it to object centres)."""
 
     def load_context(self, context) -> None:
-        self._run = components.runtimes.litert(context.artifacts["tflite"], threads=1)
+        self._run = litert(context.artifacts["tflite"], threads=1)
 
     def predict(self, context, model_input: np.ndarray, params=None) -> dict[str, np.ndarray]:
         return {"heatmap": self._run(np.asarray(model_input, dtype=np.float32)).astype(np.float32)}
