@@ -234,8 +234,9 @@ Task = Literal["classification", "detection"]
 # the bundled digits were tuned with. A detector needs more steps than a classifier (anchor matching,
 # focal loss): on the bundled scenes (280 training images) batch 32 for 60 epochs reached val mAP@0.5
 # 0.29; batch 16: 0.51 and 0.50 (60 epochs, two seeds), 0.89 (80), 0.89 (100, stopped at 82): it jumps
-# late, so patience is long too. Scenes of another seed: 0.55 after 100 epochs, 0.895 after 200 (best 169). Pruning in 108 steps lost 15 pp of mAP@0.5, in 216 (bench/detection.py)
-# none. docs/figures.md has the runs.
+# late, so patience is long too. Scenes of another seed: 0.55 after 100 epochs, 0.895 after 200 (best
+# epoch 169). Pruning in 108 steps lost 15 pp of mAP@0.5, in 216 (bench/detection.py) none.
+# docs/figures.md has the runs.
 TASK_DEFAULTS: dict[str, dict[str, object]] = {
     "classification": {
         "model.name": "edgepipe-digits",
