@@ -235,8 +235,9 @@ Task = Literal["classification", "detection"]
 # focal loss): on the bundled scenes (280 training images) batch 32 for 60 epochs reached val mAP@0.5
 # 0.29; batch 16: 0.51 and 0.50 (60 epochs, two seeds), 0.89 (80), 0.89 (100, stopped at 82): it jumps
 # late, so patience is long too. Scenes of another seed: 0.55 after 100 epochs, 0.895 after 200 (best
-# epoch 169). Pruning in 108 steps lost 15 pp of mAP@0.5, in 216 (bench/detection.py) none.
-# docs/figures.md has the runs.
+# epoch 169); but 200 made the bundled `make run` 11 min 38 s (over its 10) and pruning + QAT then lost
+# 9 pp, so 100 it stays until the optimisation steps keep up. Pruning in 108 steps lost 15 pp of
+# mAP@0.5, in 216 (bench/detection.py) none. docs/figures.md has the runs.
 TASK_DEFAULTS: dict[str, dict[str, object]] = {
     "classification": {
         "model.name": "edgepipe-digits",
@@ -255,7 +256,7 @@ TASK_DEFAULTS: dict[str, dict[str, object]] = {
         "model.architecture": "mobilenet_v2",
         "model.width_multiplier": 0.35,
         "data.bundled_if_empty": "scenes",
-        "train.epochs": 200,
+        "train.epochs": 100,
         "train.patience": 30,
         "train.batch_size": 16,
         "prune.batch_size": 16,
