@@ -207,6 +207,7 @@ def test_the_mlflow_model_of_a_fomo_release_returns_its_heatmap(pipeline_run, tm
     info = read_dataset_info(paths.prepared_dir)
     images = info.normalize(load_detection_split(paths.prepared_dir, "test").images[:2])
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("fomo-tests")  # not the experiment an earlier test left active in another store
     with mlflow.start_run():
         logged = log_fomo_models(paths.export_dir, images, "0" * 64)
     heatmap = mlflow.pyfunc.load_model(logged.model_uri).predict(images)["heatmap"]
