@@ -429,11 +429,11 @@ def log_to_mlflow(uri: str, experiment: str, rows: list[dict], env: dict, files:
         return run.info.run_id
 
 
-def test_scoring(params, paths: ProjectPaths, x: np.ndarray, y: np.ndarray):
-    """The test images, how a cell's predictions are scored (top-1 accuracy, or a detector's COCO mAP@0.5
+def test_scoring(params, paths: ProjectPaths, y: np.ndarray):
+    """How a cell's predictions are scored (top-1 accuracy, or a detector's COCO mAP@0.5
     from pycocotools) and, for a detector, what its runners need (anchors and NMS settings)."""
     if params.task != "detection":
-        return x, lambda predicted: float(np.mean(np.asarray(predicted) == y)), None
+        return lambda predicted: float(np.mean(np.asarray(predicted) == y)), None
     from components.dataset import read_dataset_info
     from components.tasks.detection.metrics import coco_map
     from components.tasks.detection.model import anchors_for
@@ -442,7 +442,7 @@ def test_scoring(params, paths: ProjectPaths, x: np.ndarray, y: np.ndarray):
     info = read_dataset_info(paths.prepared_dir)
     truth = ground_truth(load_detection_split(paths.prepared_dir, "test"))
     detector = {"anchors": anchors_for(info.input_shape), "nms": nms_settings(params.detection.nms)}
-    return x, lambda found: coco_map(truth, found, info.classes)["map_50"], detector
+    return lambda found: coco_map(truth, found, info.classes)["map_50"], detector
 
 
 def benchmark(root: Path, params_path: Path, format_names: str | None, use_mlflow: bool) -> list[dict]:
@@ -463,7 +463,7 @@ def benchmark(root: Path, params_path: Path, format_names: str | None, use_mlflo
                 "running one, or run the benchmark with --no-mlflow."
             ) from None
     x, y = load_split(paths.prepared_dir, "test")
-    x, score, detector = test_scoring(params, paths, x, y)
+    score, detector = test_scoring(params, paths, y)
     config = params.benchmark
     ctx = mp.get_context("spawn")  # a fresh interpreter per cell: nothing inherited from this process
     cells = []

@@ -4,12 +4,33 @@ read gate results without loading a runtime."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from components.config import GatesConfig
+from components.results import GateVerdict
 
 if TYPE_CHECKING:
     from components.results import Artifact, Cell
+
+log = logging.getLogger(__name__)
+
+
+def verdict(
+    gates: GatesConfig,
+    float_score: float,
+    artifacts: dict[str, Artifact],
+    cells: list[Cell],
+    score_name: str = "accuracy",
+) -> GateVerdict:
+    """What every task's validate ends with: each cell's status set, every failure listed (and logged),
+    with the gate settings in force. `score_name`: what the cells' `accuracy` measures."""
+    failures = gate_failures(gates, float_score, artifacts, cells, score_name)
+    for cell in cells:
+        cell.status = cell_status(cell, gates, float_score, score_name)
+    for failure in failures:
+        log.warning("gate failed: %s", failure)
+    return GateVerdict(passed=not failures, failures=failures, **gates.model_dump())
 
 
 def gate_failures(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -24,15 +23,13 @@ from components.atomic import atomic_path
 from components.config import GatesConfig, Params
 from components.dataset import load_split, read_dataset_info
 from components.formats import FORMATS, RELEASE_FORMAT, ExportFormat, RuntimeTarget
-from components.gates import cell_status, gate_failures
+from components.gates import verdict
 from components.hashing import file_digest
 from components.model import load_model
 from components.paths import ProjectPaths
 from components.qat import load_qat_model
-from components.results import Artifact, Cell, GateVerdict, ValidationReport
+from components.results import Artifact, Cell, ValidationReport
 from components.runtimes import open_runner, tflm_arena_bytes
-
-log = logging.getLogger(__name__)
 
 
 def validate(
@@ -73,9 +70,6 @@ def validate(
         cells += format_cells
         if fmt.name == RELEASE_FORMAT:
             release_pred = pred
-    failures = gate_failures(gates, float_accuracy, artifacts, cells)
-    for cell in cells:
-        cell.status = cell_status(cell, gates, float_accuracy)
     classes = read_dataset_info(prepared_dir).classes
     per_model = {"float": float_pred} | ({"release": release_pred} if release_pred is not None else {})
     report = ValidationReport(
@@ -84,7 +78,7 @@ def validate(
         parameters=parameters,
         artifacts=artifacts,
         cells=cells,
-        gates=GateVerdict(passed=not failures, failures=failures, **gates.model_dump()),
+        gates=verdict(gates, float_accuracy, artifacts, cells),
         # the float Keras model and the release file in LiteRT, class by class
         per_class={name: per_class_scores(y_test, pred, classes) for name, pred in per_model.items()},
         confusion={
@@ -94,8 +88,6 @@ def validate(
     )
     write_predictions(predictions_out, y_test, release_pred, classes)
     report.save(report_out)
-    for failure in failures:
-        log.warning("gate failed: %s", failure)
     return report
 
 

@@ -7,7 +7,6 @@ then the classifier's gates, on the F1 (`gates.max_accuracy_drop` bounds its dro
 from __future__ import annotations
 
 import csv
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -19,11 +18,11 @@ from components.atomic import atomic_path
 from components.config import Params
 from components.dataset import read_dataset_info
 from components.formats import RELEASE_FORMAT, ExportFormat, RuntimeTarget, formats_for
-from components.gates import cell_status, gate_failures
+from components.gates import verdict
 from components.model import load_model
 from components.paths import ProjectPaths
 from components.qat import load_qat_model
-from components.results import SCORE_NAMES, Cell, GateVerdict, ValidationReport
+from components.results import SCORE_NAMES, Cell, ValidationReport
 from components.runtimes import open_runner
 from components.tasks.detection.fomo import (
     Centroid,
@@ -34,8 +33,6 @@ from components.tasks.detection.fomo import (
 )
 from components.tasks.detection.prepared import load_detection_split
 from components.validate import describe_artifact, measure_cell, row_cells
-
-log = logging.getLogger(__name__)
 
 BACKGROUND = "background"
 EXAMPLES = 6  # test images drawn in the report
@@ -85,10 +82,6 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
         cells += format_cells
         if fmt.name == RELEASE_FORMAT:
             release_found = litert_found
-    score = SCORE_NAMES["fomo"]
-    failures = gate_failures(params.gates, float_scores["f1"], artifacts, cells, score)
-    for cell in cells:
-        cell.status = cell_status(cell, params.gates, float_scores["f1"], score)
     per_model = {"float": found["float"]} | ({"release": release_found} if release_found else {})
     background = len(info.classes)
     report = ValidationReport(
@@ -98,11 +91,13 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
         parameters=parameters,
         artifacts=artifacts,
         cells=cells,
-        gates=GateVerdict(passed=not failures, failures=failures, **params.gates.model_dump()),
-        per_class={
-            name: centroid_metrics(truth, f, info.classes, fomo.max_distance)["per_class"]
-            for name, f in per_model.items()
-        },
+        gates=verdict(params.gates, float_scores["f1"], artifacts, cells, SCORE_NAMES["fomo"]),
+        per_class={"float": float_scores["per_class"]}
+        | (
+            {"release": centroid_metrics(truth, release_found, info.classes, fomo.max_distance)["per_class"]}
+            if release_found
+            else {}
+        ),
         confusion={
             name: confusion(centroid_pairs(truth, f, background, fomo.max_distance), background + 1)
             for name, f in per_model.items()
@@ -123,8 +118,6 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
             pairs = centroid_pairs(truth, release_found, background, fomo.max_distance)
             writer.writerows((names[a], names[p]) for a, p in pairs)
     report.save(paths.validation_file)
-    for failure in failures:
-        log.warning("gate failed: %s", failure)
     return report
 
 

@@ -12,7 +12,6 @@ the CLI, MLflow and the release read both tasks alike.
 from __future__ import annotations
 
 import csv
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -24,11 +23,11 @@ from components.atomic import atomic_path
 from components.config import Params
 from components.dataset import read_dataset_info
 from components.formats import RELEASE_FORMAT, ExportFormat, RuntimeTarget, formats_for
-from components.gates import cell_status, gate_failures
+from components.gates import verdict
 from components.model import load_model
 from components.paths import ProjectPaths
 from components.qat import load_qat_model
-from components.results import Cell, GateVerdict, ValidationReport
+from components.results import Cell, ValidationReport
 from components.tasks.detection.anchors import iou
 from components.tasks.detection.decode import Detections, NmsSettings
 from components.tasks.detection.metrics import GroundTruth, agreement, coco_map
@@ -37,8 +36,6 @@ from components.tasks.detection.prepared import ground_truth, load_detection_spl
 from components.tasks.detection.runtimes import open_detection_runner
 from components.tasks.detection.train import predict_detections
 from components.validate import describe_artifact, measure_cell, row_cells
-
-log = logging.getLogger(__name__)
 
 SCORE = "mAP@0.5"
 CONFIDENT = 0.3  # the score above which a detection counts for agreement and the confusion matrix
@@ -82,9 +79,6 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
         if fmt.name == RELEASE_FORMAT and found is not None:
             release_found, release_scores = found, coco_map(truth, found, classes)
     float_map = float_scores["map_50"]
-    failures = gate_failures(params.gates, float_map, artifacts, cells, SCORE)
-    for cell in cells:
-        cell.status = cell_status(cell, params.gates, float_map, SCORE)
     per_model = {"float": (source_found["float"], float_scores)}
     if release_found is not None:
         per_model["release"] = (release_found, release_scores)
@@ -96,7 +90,7 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
         parameters=parameters,
         artifacts=artifacts,
         cells=cells,
-        gates=GateVerdict(passed=not failures, failures=failures, **params.gates.model_dump()),
+        gates=verdict(params.gates, float_map, artifacts, cells, SCORE),
         per_class={
             name: {c: {"ap_50": ap} for c, ap in scores["ap_50"].items()}
             for name, (_, scores) in per_model.items()
@@ -107,8 +101,6 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
     )
     write_predictions(paths.release_predictions, truth, release_found, classes)
     report.save(paths.validation_file)
-    for failure in failures:
-        log.warning("gate failed: %s", failure)
     return report
 
 
