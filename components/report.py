@@ -40,13 +40,14 @@ DETECTION_COLUMNS = (
     "arena bytes",
     "status",
 )
-# a FOMO detector's cells: object centres found (F1), no boxes, no logits
+# a FOMO detector's cells: object centres found (F1) and the heatmap's distance from its Keras model
 FOMO_COLUMNS = (
     "format",
     "runtime",
     "required",
     "centroid F1",
     "agreement vs source",
+    "max Δ heatmap",
     "arena bytes",
     "status",
 )
@@ -65,6 +66,7 @@ def matrix_rows(report: ValidationReport) -> list[dict]:
     for cell in report.cells:
         loaded = cell.loaded
         status = cell.status
+        max_diff = f"{cell.max_abs_diff:.2g}" if loaded and cell.max_abs_diff is not None else "-"
         if not loaded:
             status += f": {short_error(cell.error)}"
         rows.append(
@@ -77,9 +79,8 @@ def matrix_rows(report: ValidationReport) -> list[dict]:
                 "centroid F1": f"{cell.accuracy:.4f}" if loaded else "-",
                 "mAP@0.5:0.95": f"{cell.map_50_95:.4f}" if loaded and cell.map_50_95 is not None else "-",
                 "agreement vs source": f"{cell.agreement:.4f}" if loaded else "-",
-                "max Δ logit": f"{cell.max_abs_diff:.2g}"
-                if loaded and cell.max_abs_diff is not None
-                else "-",
+                "max Δ logit": max_diff,
+                "max Δ heatmap": max_diff,
                 "arena bytes": "" if cell.arena_bytes is None else str(cell.arena_bytes),
                 "status": status,
             }

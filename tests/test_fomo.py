@@ -161,9 +161,12 @@ def test_every_fomo_file_runs_in_its_runtimes_and_finds_what_its_keras_model_fin
     ]
     assert all(c.loaded for c in report.cells), [c.error for c in report.cells if not c.loaded]
     for cell in report.cells:
-        # float files compute their model's function; int8 ones round near the 0.5 threshold, and the
-        # pruned model finds few centres here (a miss is several per cent)
-        assert cell.agreement >= (0.95 if cell.precision != "int8" else 0.6), cell
+        # float files compute their model's function: their heatmaps match it to rounding. Centres are a
+        # coarser check: a cell this briefly trained model scores near the 0.5 threshold flips with any
+        # rounding (float16 lost 1 of 12 centres on CI), and int8 rounds far more
+        if cell.precision != "int8":
+            assert cell.max_abs_diff <= (1e-4 if cell.precision == "float32" else 1e-2), cell
+        assert cell.agreement >= (0.8 if cell.precision != "int8" else 0.6), cell
         if cell.runtime_agreement is not None:
             assert cell.runtime_agreement >= 0.8, cell
     assert all(c.arena_bytes for c in report.cells if c.runtime == "tflm")

@@ -45,13 +45,13 @@ class ScoringSet:
     classes: list[str]
     threshold: float
     max_distance: float
+    source_heatmaps: dict[str, np.ndarray]
     source_found: dict[str, list[list[Centroid]]]
     heatmap_shape: tuple[int, int, int]  # grid height, width, classes + 1
 
-    def centroids(self, outputs: np.ndarray) -> list[list[Centroid]]:
-        """Centres from a runtime's outputs (OpenCV's come flat: shaped back to the heatmap's)."""
-        heatmaps = np.asarray(outputs, np.float32).reshape(len(self.x), *self.heatmap_shape)
-        return centroids_from_heatmap(heatmaps, self.threshold)
+    def heatmaps(self, outputs: np.ndarray) -> np.ndarray:
+        """A runtime's outputs as heatmaps (OpenCV's come flat: shaped back to the heatmap's)."""
+        return np.asarray(outputs, np.float32).reshape(len(self.x), *self.heatmap_shape)
 
 
 def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> ValidationReport:
@@ -65,12 +65,17 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
         "pruned": load_model(paths.pruned_model),
         "qat": load_qat_model(paths.pruned_model, paths.qat_weights),
     }
-    found = {
-        name: centroids_from_heatmap(m.predict(x_test, verbose=0, batch_size=32), fomo.threshold)
-        for name, m in sources.items()
-    }
+    heatmaps = {name: m.predict(x_test, verbose=0, batch_size=32) for name, m in sources.items()}
+    found = {name: centroids_from_heatmap(h, fomo.threshold) for name, h in heatmaps.items()}
     scoring = ScoringSet(
-        x_test, truth, info.classes, fomo.threshold, fomo.max_distance, found, keras_float.output_shape[1:]
+        x_test,
+        truth,
+        info.classes,
+        fomo.threshold,
+        fomo.max_distance,
+        heatmaps,
+        found,
+        keras_float.output_shape[1:],
     )
     float_scores = centroid_metrics(truth, found["float"], info.classes, fomo.max_distance)
     formats = formats_for("detection", "fomo")
@@ -145,7 +150,11 @@ def run_cell(
     if outputs is None:
         return cell, None
     reference = scoring.source_found[fmt.source]
-    found = scoring.centroids(outputs)
+    heatmaps = scoring.heatmaps(outputs)
+    found = centroids_from_heatmap(heatmaps, scoring.threshold)
+    # the heatmap's own distance from its Keras model: a cell near the threshold flips with any rounding,
+    # so centre agreement alone cannot tell a faithful float file from a wrong one
+    cell.max_abs_diff = float(np.abs(heatmaps - scoring.source_heatmaps[fmt.source]).max())
     scores = centroid_metrics(scoring.truth, found, scoring.classes, scoring.max_distance)
     cell.loaded = True
     cell.accuracy = scores["f1"]
