@@ -111,35 +111,45 @@ const char* const kLabels[kNumClasses] = {{
 """
 
 
-def openmv_main(facts: dict) -> str:
-    height, width, channels = facts["shape"]
-    pixformat = {1: "GRAYSCALE", 3: "RGB565"}[channels]
-    dtype = facts["dtypes"][0]
-    fed = "pixel - 128" if dtype == "int8" else "the pixel"
-    # The largest window of the model's aspect ratio inside QVGA, so the preview shows what the model sees.
+OPENMV_FIRMWARE = "OpenMV firmware 5.0+ (`csi` camera module, `ml` with ml.preprocessing)"
+
+
+def openmv_camera(height: int, width: int, channels: int) -> str:
+    """The camera set-up of every generated OpenMV script (firmware 5's `csi` module, which replaced
+    `sensor`): the largest window of the model's aspect ratio inside QVGA, so the frame the model sees
+    is the preview's and `ml` scales it without distorting it."""
     fit = min(320 / width, 240 / height)
     window = (int(width * fit), int(height * fit))
+    pixformat = {1: "GRAYSCALE", 3: "RGB565"}[channels]
+    return f"""csi0 = csi.CSI()
+csi0.reset()
+csi0.pixformat(csi.{pixformat})  # the model takes {channels} channel(s)
+csi0.framesize(csi.QVGA)
+csi0.window({window})  # model input is {width}x{height}; ml scales the window to it
+csi0.snapshot(time=2000)  # let exposure settle
+"""
+
+
+def openmv_main(facts: dict) -> str:
+    height, width, channels = facts["shape"]
+    dtype = facts["dtypes"][0]
+    fed = "pixel - 128" if dtype == "int8" else "the pixel"
     mean, std = facts["mean"], facts["std"]
     in_scale, in_zero = facts["input_q"]
     return (
         generated_by(facts, "#")
         + f"""# Classifies camera frames with trained.tflite; prints the top label, its probability and FPS.
-# For OpenMV firmware 4.5+ with ml.preprocessing (if that import fails, update the firmware in OpenMV IDE).
+# For {OPENMV_FIRMWARE}; update the firmware in OpenMV IDE if an import fails.
 # Copy trained.tflite, labels.txt and this file to the camera.
 import math
 import time
 
+import csi
 import ml
-import sensor
 from ml.preprocessing import Normalization
 
-sensor.reset()
-sensor.set_pixformat(sensor.{pixformat})  # the model takes {channels} channel(s)
-sensor.set_framesize(sensor.QVGA)
-sensor.set_windowing({window})  # model input is {width}x{height}; ml resizes the window to it
-sensor.skip_frames(time=2000)  # let exposure settle
-
-model = ml.Model("trained.tflite", load_to_fb=True)
+{openmv_camera(height, width, channels)}
+model = ml.Model("trained.tflite")
 labels = [line.rstrip("\\n") for line in open("labels.txt")]
 
 # Training normalisation: (pixel / 255 - {mean!r}) / {std!r}. The firmware applies it for float inputs;
@@ -150,7 +160,7 @@ norm = Normalization(scale=(0.0, 1.0), mean=({mean!r},) * 3, stdev=({std!r},) * 
 clock = time.clock()
 while True:
     clock.tick()
-    img = sensor.snapshot()
+    img = csi0.snapshot()
     logits = model.predict([norm(img)])[0].flatten().tolist()
     best = max(range(len(logits)), key=lambda i: logits[i])
     total = sum(math.exp(v - logits[best]) for v in logits)
@@ -167,7 +177,7 @@ Input {height}x{width}x{channels} {in_type}, {classes} classes, tensor arena {ar
 
 openmv/trained.tflite  the model, byte for byte
 openmv/labels.txt      class names, one per line, in output order
-openmv/main.py         classifies camera frames (OpenMV firmware 4.5+, `ml` module with ml.preprocessing)
+openmv/main.py         classifies camera frames ({OPENMV_FIRMWARE})
 model_data.h           declarations and constants: kTensorArenaSize, input size and quantisation, kLabels
 model_data.cc          the model as a 16-byte aligned C array (g_model_data, g_model_data_len) and the labels
 

@@ -144,7 +144,7 @@ def test_openmv_main_compiles_and_uses_the_ml_module_with_the_training_normalisa
     compile(source, "main.py", "exec")  # MicroPython, but Python syntax
     assert 'ml.Model("trained.tflite"' in source
     assert "model.predict([norm(img)])" in source
-    assert "sensor.set_pixformat(sensor.GRAYSCALE)" in source  # 1 input channel
+    assert "csi0.pixformat(csi.GRAYSCALE)" in source  # 1 input channel
     assert "Normalization(scale=(0.0, 1.0), mean=(0.4321,) * 3, stdev=(0.2345,) * 3)" in source
     assert 'open("labels.txt")' in source and "fps" in source
 

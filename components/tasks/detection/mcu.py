@@ -17,7 +17,14 @@ from components.mcu import (
     type_name,
     write_package,
 )
-from components.mcu_files import ARRAY_NAME, c_float, c_source, generated_by
+from components.mcu_files import (
+    ARRAY_NAME,
+    OPENMV_FIRMWARE,
+    c_float,
+    c_source,
+    generated_by,
+    openmv_camera,
+)
 from components.tasks.detection.export import POSTPROCESS_OP
 
 
@@ -111,28 +118,23 @@ constexpr int kNumOperators = {len(facts["ops"])};
 
 def openmv_detector_main(facts: dict) -> str:
     height, width, channels = facts["shape"]
-    pixformat = {1: "GRAYSCALE", 3: "RGB565"}[channels]
     mean, std = facts["mean"], facts["std"]
     return (
         generated_by(facts, "#")
         + f"""# Detects objects in camera frames with trained.tflite and draws them; prints count and FPS.
-# For OpenMV firmware 4.5+ (`ml` module). Copy trained.tflite, labels.txt and this file to the camera.
+# For {OPENMV_FIRMWARE}. Copy trained.tflite, labels.txt and this file to the camera.
 # The model's outputs are TFLite_Detection_PostProcess's: boxes (ymin, xmin, ymax, xmax, 0..1), classes,
 # scores, count. Not run on a camera by edgepipe's tests (they run the file in TFLite-Micro on the host).
 import time
 
+import csi
 import ml
-import sensor
 from ml.preprocessing import Normalization
 
 MIN_SCORE = {facts["min_score"]!r}
 
-sensor.reset()
-sensor.set_pixformat(sensor.{pixformat})
-sensor.set_framesize(sensor.QVGA)
-sensor.skip_frames(time=2000)
-
-model = ml.Model("trained.tflite", load_to_fb=True)
+{openmv_camera(height, width, channels)}
+model = ml.Model("trained.tflite")
 labels = [line.rstrip("\\n") for line in open("labels.txt")]
 # model input {width}x{height}; training normalisation (pixel / 255 - {mean!r}) / {std!r}
 norm = Normalization(scale=(0.0, 1.0), mean=({mean!r},) * 3, stdev=({std!r},) * 3)
@@ -140,7 +142,7 @@ norm = Normalization(scale=(0.0, 1.0), mean=({mean!r},) * 3, stdev=({std!r},) * 
 clock = time.clock()
 while True:
     clock.tick()
-    img = sensor.snapshot()
+    img = csi0.snapshot()
     boxes, classes, scores, count = model.predict([norm(img)])
     found = 0
     for i in range(int(count.flatten()[0])):
