@@ -155,6 +155,8 @@ class TrainConfig(Section):
     patience: int = Field(12, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=4096)
     learning_rate: float = Field(3e-3, gt=0, lt=1, description="peak; see schedule")
+    # decoupled (AdamW-style): each step shrinks every weight by learning rate x this; 0 = none
+    weight_decay: float = Field(0.0, ge=0, lt=1)
     schedule: Literal["cosine", "constant"] = "cosine"
     class_weights: Literal["balanced", "none"] = "balanced"
     augment: AugmentConfig = AugmentConfig()
@@ -233,11 +235,11 @@ Task = Literal["classification", "detection"]
 # What `auto` (or an unset key) means for each task, by section.key. The classifier's are the settings
 # the bundled digits were tuned with. A detector needs more steps than a classifier (anchor matching,
 # focal loss): on the bundled scenes (280 training images) batch 32 for 60 epochs reached val mAP@0.5
-# 0.29; batch 16: 0.51 and 0.50 (60 epochs, two seeds), 0.89 (80), 0.89 (100, stopped at 82): it jumps
-# late, so patience is long too. Scenes of another seed: 0.55 after 100 epochs, 0.895 after 200 (best
-# epoch 169); but 200 made the bundled `make run` 11 min 38 s (over its 10) and pruning + QAT then lost
-# 9 pp, so 100 it stays until the optimisation steps keep up. Pruning in 108 steps lost 15 pp of
-# mAP@0.5, in 216 (bench/detection.py) none. docs/figures.md has the runs.
+# 0.29; batch 16: 0.51 and 0.50 (60 epochs, two seeds), 0.89 (80): it jumps late, so patience is long
+# too. At the classifier's peak rate 0.003, scenes of another seed (11) reached only 0.55 in 100 epochs
+# (0.895 in 200, which made `make run` 11 min 38 s); at 0.01 they reach 0.94 (best epoch 80) and the
+# bundled scenes 0.94 (epoch 78) in 100 epochs, 218 s. Pruning in 108 steps lost 15 pp of mAP@0.5, in
+# 216 (bench/detection.py) none. docs/figures.md has the runs.
 TASK_DEFAULTS: dict[str, dict[str, object]] = {
     "classification": {
         "model.name": "edgepipe-digits",
@@ -247,6 +249,8 @@ TASK_DEFAULTS: dict[str, dict[str, object]] = {
         "train.epochs": 60,
         "train.patience": 12,
         "train.batch_size": 32,
+        "train.learning_rate": 0.003,
+        "train.weight_decay": 0.0,
         "prune.batch_size": 32,
         "prune.min_steps": 100,
         "qat.batch_size": 32,
@@ -259,6 +263,8 @@ TASK_DEFAULTS: dict[str, dict[str, object]] = {
         "train.epochs": 100,
         "train.patience": 30,
         "train.batch_size": 16,
+        "train.learning_rate": 0.01,
+        "train.weight_decay": 0.005,
         "prune.batch_size": 16,
         "prune.min_steps": 200,
         "qat.batch_size": 16,

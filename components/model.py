@@ -15,6 +15,7 @@ from components.atomic import atomic_path
 from components.config import ModelConfig
 from components.errors import EdgepipeError
 from components.keras2 import tfmot
+from components.results import VAL_SCORE_COLUMN, VAL_SCORE_KEYS
 
 keras = tf.keras  # tf_keras, because components/__init__ sets TF_USE_LEGACY_KERAS=1
 
@@ -78,6 +79,7 @@ def fit_classifier(
     callbacks: tuple[keras.callbacks.Callback, ...] = (),
     augmentation: tuple[keras.layers.Layer, ...] = (),
     class_weight: dict[int, float] | None = None,
+    weight_decay: float = 0.0,
 ) -> keras.callbacks.History:
     """Compile (Adam, cross-entropy on logits) and fit on (images, labels), validating every epoch.
 
@@ -88,7 +90,7 @@ def fit_classifier(
     if augmentation:
         trained = keras.Sequential([keras.Input(model.input_shape[1:]), *augmentation, model])
     trained.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -117,8 +119,13 @@ def _make_training_variables(model: keras.Model, train: tuple[np.ndarray, np.nda
 
 
 def write_history(path: Path, history: dict[str, list[float]]) -> None:
-    """One row per epoch (epoch, loss, accuracy, val_loss, val_accuracy): the curves `dvc plots` draws."""
+    """One row per epoch (epoch, loss, accuracy, val_loss, val_accuracy, ..., val_score): the curves
+    `dvc plots` draws."""
     columns = sorted(c for c in history if c not in ("lr", "phase"))
+    score = next((key for key in VAL_SCORE_KEYS.values() if key in history), None)
+    if score is not None:
+        history = {**history, VAL_SCORE_COLUMN: history[score]}
+        columns.append(VAL_SCORE_COLUMN)
     if "phase" in history:  # transfer learning: 1 = head only, 2 = fine-tuning
         columns.append("phase")
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:

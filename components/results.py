@@ -37,6 +37,12 @@ SCORE_NAMES = {"classification": "top-1 accuracy", "detection": "mAP@0.5", "fomo
 # the model version tag that holds the release file's score (the champion rule compares it)
 SCORE_TAGS = {"classification": "test_accuracy", "detection": "test_map_50", "fomo": "test_centroid_f1"}
 
+# the per-epoch validation score of a training history, by task, and the history column that copies it
+# (components.model.write_history) so that dvc.yaml's plots have one y whatever the task
+VAL_SCORE_KEYS = {"classification": "val_accuracy", "detection": "val_map_50", "fomo": "val_f1"}
+VAL_SCORE_COLUMN = "val_score"
+VAL_SCORE_TITLE = "validation score (accuracy; detection mAP@0.5; FOMO centroid F1)"
+
 CellStatus = Literal["pass", "fail", "known failure"]
 
 

@@ -23,6 +23,7 @@ from components.errors import EdgepipeError
 from components.formats import RELEASE_FORMAT, by_container, get_format
 from components.hashing import file_digest
 from components.paths import ProjectPaths
+from components.results import VAL_SCORE_COLUMN, VAL_SCORE_TITLE
 
 RAW_DATA_DEP = "${data.raw_dir}"  # DVC interpolates it from params.yaml
 
@@ -123,7 +124,7 @@ STAGES: tuple[Stage, ...] = (
         outs=lambda p: (p.float_model,),
         metrics=lambda p: p.metrics_file("train"),
         plots=lambda p: {
-            p.train_history: {"x": "epoch", "y": "val_accuracy", "title": "Float model: validation accuracy"}
+            p.train_history: {"x": "epoch", "y": VAL_SCORE_COLUMN, "title": f"Float model: {VAL_SCORE_TITLE}"}
         },
     ),
     Stage(
@@ -138,8 +139,8 @@ STAGES: tuple[Stage, ...] = (
         plots=lambda p: {
             p.history_file("prune"): {
                 "x": "epoch",
-                "y": "val_accuracy",
-                "title": "Pruning: validation accuracy",
+                "y": VAL_SCORE_COLUMN,
+                "title": f"Pruning: {VAL_SCORE_TITLE}",
             }
         },
     ),
@@ -155,8 +156,8 @@ STAGES: tuple[Stage, ...] = (
         plots=lambda p: {
             p.history_file("qat"): {
                 "x": "epoch",
-                "y": "val_accuracy",
-                "title": "Quantization-aware fine-tuning: validation accuracy",
+                "y": VAL_SCORE_COLUMN,
+                "title": f"Quantization-aware fine-tuning: {VAL_SCORE_TITLE}",
             }
         },
     ),

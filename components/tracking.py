@@ -29,6 +29,7 @@ from components.errors import EdgepipeError
 from components.paths import ProjectPaths
 from components.prepare import describe_data
 from components.registry import check_reachable
+from components.results import VAL_SCORE_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class PipelineRun:
                 Metric(f"{stage}.{name}", float(value), 0, int(row["epoch"]))
                 for row in rows
                 for name, value in row.items()
-                if name != "epoch"
+                if name not in ("epoch", VAL_SCORE_COLUMN)  # a copy of the task's score, for dvc plots
             ]
             client.log_batch(run_id, metrics=metrics)
 

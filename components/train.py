@@ -143,6 +143,7 @@ class _Fitter:
             callbacks=(keep_best,),
             augmentation=self.augmentation,
             class_weight=self.class_weight,
+            weight_decay=config.weight_decay,
         )
         # best_epoch stays 0 when the phase ran fewer epochs than patience and never improved on epoch 1
         return history.history, keep_best.best_epoch

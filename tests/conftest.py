@@ -7,6 +7,7 @@ Prefect test server, real git + DVC repositories in temporary folders.
 from __future__ import annotations
 
 import atexit
+import csv
 import itertools
 import json
 import os
@@ -311,3 +312,14 @@ def pytest_xdist_node_collection_finished(node, ids):
             f"pytest-xdist did not group {len(ungrouped)} test(s) (first: {ungrouped[0]}): pytest and "
             "pytest-xdist disagree on where a test's id is kept; install requirements.lock's versions"
         )
+
+
+def assert_histories_have_the_plotted_column(paths, score: str) -> None:
+    """Every history CSV that dvc.yaml plots has the column the plot draws, the task's validation score."""
+    from components.stages import STAGES
+
+    plotted = {f: props for s in STAGES for f, props in s.plots(paths).items() if "history" in f.name}
+    assert len(plotted) == 3  # train, prune, qat
+    for file, props in plotted.items():
+        rows = list(csv.DictReader(file.open()))
+        assert rows and all(row[props["x"]] and row[props["y"]] == row[score] for row in rows), file

@@ -19,6 +19,7 @@ from components.tasks.detection.fomo import (
     openmv_fomo_script,
 )
 from components.tasks.detection.scenes import CLASSES
+from conftest import assert_histories_have_the_plotted_column
 
 
 def test_targets_put_each_class_at_the_cell_of_its_box_centre():
@@ -184,6 +185,7 @@ def test_the_fomo_mcu_package_and_report(pipeline_run):
     for name in ("report.md", "float_vs_release.png", "confusion_release.png", "training_curves.png"):
         assert (paths.reports_dir / name).stat().st_size > 1000
     assert "centroid F1" in (paths.reports_dir / "report.md").read_text()
+    assert_histories_have_the_plotted_column(paths, "val_f1")
 
 
 def test_the_openmv_script_is_python_that_loads_the_model_and_its_labels():
@@ -193,7 +195,7 @@ def test_the_openmv_script_is_python_that_loads_the_model_and_its_labels():
     assert 'ml.Model("trained.tflite", postprocess=Fomo(threshold=THRESHOLD))' in script
     assert 'open("labels.txt")' in script and "NUM_CLASSES = 3" in script and "draw_circle" in script
     assert "csi0.window((240, 240))" in script
-    assert "csi0.window((320, 240))" in openmv_fomo_script(["a"], (96, 160))
+    assert "csi0.window((320, 192))" in openmv_fomo_script(["a"], (96, 160))  # 160:96 kept
 
 
 def test_the_mlflow_model_of_a_fomo_release_returns_its_heatmap(pipeline_run, tmp_path):

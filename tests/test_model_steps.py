@@ -22,7 +22,7 @@ from components.qat import load_qat_model
 from components.results import Artifact, Cell, ValidationReport
 from components.runtimes import open_runner
 from components.tflite_metadata import read_tflite_metadata
-from conftest import TINY_PARAMS
+from conftest import TINY_PARAMS, assert_histories_have_the_plotted_column
 
 pytestmark = pytest.mark.slow
 
@@ -264,6 +264,7 @@ def test_report_writes_markdown_and_plots(project):
     assert rows[0] == "actual,predicted" and len(rows) == 1 + results["validate"].test_images
     history = paths.train_history.read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 1 + results["train"]["epochs_run"]
+    assert_histories_have_the_plotted_column(paths, "val_accuracy")
 
 
 def test_exports_leave_no_temporary_files(project):

@@ -125,7 +125,10 @@ class DetectionBatches(keras.utils.Sequence):
     """Batches of (normalised images, (box targets, class targets)) for keras fit, in the detector's output
     order (pruning and QAT wrappers rename the outputs, so they are matched by position).
 
-    With `augment`, every epoch draws for each image (seeded): a left-right flip (p 0.5), a zoom within
+    With `shuffle`, the images come in a new order every epoch (seeded: Keras's own shuffling of a Sequence
+    uses the process-wide `random` module, which other threads, Prefect's among them, draw from too, so a
+    run in the flow trained on another order than the same step alone). With `augment`, every epoch draws
+    for each image (seeded): a left-right flip (p 0.5), a zoom within
     ZOOM at a random place (boxes that keep less than half their area in view are dropped, the rest
     clipped) and brightness and contrast within LIGHT. Hue is left alone: colour can be what tells
     classes apart (a red stop sign, a blue info sign)."""
@@ -139,10 +142,11 @@ class DetectionBatches(keras.utils.Sequence):
         normalize,
         augment: bool = False,
         seed: int = 0,
+        shuffle: bool = False,
     ):
         super().__init__()
         self.split, self.anchors, self.num_classes = split, anchors, num_classes
-        self.batch_size, self.normalize, self.augment = batch_size, normalize, augment
+        self.batch_size, self.normalize, self.augment, self.shuffle = batch_size, normalize, augment, shuffle
         self.rng = np.random.default_rng(seed)
         self.order = np.arange(len(split.images))
         self.on_epoch_end()
@@ -151,7 +155,7 @@ class DetectionBatches(keras.utils.Sequence):
         return math.ceil(len(self.split.images) / self.batch_size)
 
     def on_epoch_end(self) -> None:
-        if self.augment:
+        if self.shuffle:
             self.rng.shuffle(self.order)
         self.draws = self.rng.random((len(self.split.images), 6)) if self.augment else None
 

@@ -23,10 +23,11 @@ def copy_of(model: keras.Model) -> keras.Model:
 
 
 def prune_detector(
-    model: keras.Model, data: TrainingData, config: PruneConfig, fit=fit_detector
+    model: keras.Model, data: TrainingData, config: PruneConfig, fit=fit_detector, callbacks: tuple = ()
 ) -> tuple[keras.Model, dict]:
     """Magnitude pruning to config.target_sparsity, fine-tuning as it cuts (`fit`: the head's training
-    loop, fit_detector's signature); returns the stripped model (`model` is left as it was)."""
+    loop, fit_detector's signature; `callbacks`: e.g. the head's validation score per epoch); returns the
+    stripped model (`model` is left as it was)."""
     model = copy_of(model)
     seed_everything(0)
     steps_per_epoch = math.ceil(len(data.train.images) / config.batch_size)
@@ -39,18 +40,18 @@ def prune_detector(
         config.learning_rate,
         pruning_epochs(config, steps_per_epoch),
         config.batch_size,
-        callbacks=(tfmot.sparsity.keras.UpdatePruningStep(),),
+        callbacks=(tfmot.sparsity.keras.UpdatePruningStep(), *callbacks),
     )
     return tfmot.sparsity.keras.strip_pruning(wrapped), history.history
 
 
 def qat_detector(
-    pruned: keras.Model, data: TrainingData, config: QatConfig, fit=fit_detector
+    pruned: keras.Model, data: TrainingData, config: QatConfig, fit=fit_detector, callbacks: tuple = ()
 ) -> tuple[keras.Model, dict]:
     """Pruning-preserving quantization-aware fine-tuning (the sparsity survives into the int8 file);
-    `pruned` is left as it was."""
+    `pruned` is left as it was. `fit` and `callbacks` as for prune_detector."""
     pruned = copy_of(pruned)
     seed_everything(0)
     model = quantization_aware(pruned)
-    history = fit(model, data, config.learning_rate, config.epochs, config.batch_size)
+    history = fit(model, data, config.learning_rate, config.epochs, config.batch_size, callbacks=callbacks)
     return model, history.history

@@ -35,17 +35,23 @@ def fit_detector(
     callbacks: tuple = (),
     augment: bool = True,
     seed: int = 0,
+    weight_decay: float = 0.0,
 ) -> keras.callbacks.History:
-    """Compile (Adam; smooth L1 on boxes, focal loss on classes) and fit, validating every epoch."""
+    """Compile (Adam, with decoupled `weight_decay` if not 0; smooth L1 on boxes, focal loss on classes)
+    and fit, validating every epoch."""
     # Losses by output position: pruning and QAT wrappers rename the outputs (quant_box_encodings, ...).
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate), loss=[LOSSES[BOX_OUTPUT], LOSSES[CLASS_OUTPUT]]
+        optimizer=keras.optimizers.Adam(learning_rate, weight_decay=weight_decay or None),
+        loss=[LOSSES[BOX_OUTPUT], LOSSES[CLASS_OUTPUT]],
     )
     batches = DetectionBatches(
-        data.train, data.anchors, data.num_classes, batch_size, data.normalize, augment, seed
+        data.train, data.anchors, data.num_classes, batch_size, data.normalize, augment, seed, shuffle=True
     )
     checks = DetectionBatches(data.val, data.anchors, data.num_classes, batch_size, data.normalize)
-    return model.fit(batches, validation_data=checks, epochs=epochs, callbacks=list(callbacks), verbose=2)
+    # shuffle=False: the batches shuffle themselves, seeded (DetectionBatches)
+    return model.fit(
+        batches, validation_data=checks, epochs=epochs, callbacks=list(callbacks), shuffle=False, verbose=2
+    )
 
 
 def predict_detections(

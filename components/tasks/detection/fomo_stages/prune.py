@@ -18,9 +18,12 @@ log = logging.getLogger(__name__)
 
 def run_stage(params: Params, paths: ProjectPaths) -> dict:
     data, fomo = training_data(paths.prepared_dir), params.detection.fomo
-    pruned, history = prune_detector(load_model(paths.float_model), data, params.prune, fit=fit_fomo_on)
     classes = read_dataset_info(paths.prepared_dir).classes
-    scores = ValidationCentroids(data, classes, fomo.threshold, fomo.max_distance).scores(pruned)
+    validation = ValidationCentroids(data, classes, fomo.threshold, fomo.max_distance)
+    pruned, history = prune_detector(
+        load_model(paths.float_model), data, params.prune, fit=fit_fomo_on, callbacks=(validation,)
+    )
+    scores = validation.scores(pruned)
     metrics = {
         "sparsity": sparsity(pruned),
         "target_sparsity": params.prune.target_sparsity,

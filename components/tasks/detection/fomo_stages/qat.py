@@ -9,10 +9,11 @@ from components.atomic import atomic_path, write_json
 from components.config import Params
 from components.dataset import read_dataset_info
 from components.hashing import file_digest
-from components.model import load_model, seed_everything, sparsity, write_history
+from components.model import load_model, sparsity, write_history
 from components.paths import ProjectPaths
-from components.qat import keep_qat_model, quantization_aware
+from components.qat import keep_qat_model
 from components.tasks.detection.fomo import ValidationCentroids, fit_fomo_on
+from components.tasks.detection.optimize import qat_detector
 from components.tasks.detection.prepared import training_data
 
 log = logging.getLogger(__name__)
@@ -21,12 +22,11 @@ log = logging.getLogger(__name__)
 def run_stage(params: Params, paths: ProjectPaths) -> dict:
     config, fomo = params.qat, params.detection.fomo
     data = training_data(paths.prepared_dir)
-    seed_everything(0)
     pruned = load_model(paths.pruned_model)
-    model = quantization_aware(pruned)
-    history = fit_fomo_on(model, data, config.learning_rate, config.epochs, config.batch_size).history
     classes = read_dataset_info(paths.prepared_dir).classes
-    scores = ValidationCentroids(data, classes, fomo.threshold, fomo.max_distance).scores(model)
+    validation = ValidationCentroids(data, classes, fomo.threshold, fomo.max_distance)
+    model, history = qat_detector(pruned, data, config, fit=fit_fomo_on, callbacks=(validation,))
+    scores = validation.scores(model)
     metrics = {"sparsity_before": sparsity(pruned), "sparsity": sparsity(model), "val_f1": scores["f1"]}
     with atomic_path(paths.qat_weights) as tmp:
         model.save_weights(tmp)

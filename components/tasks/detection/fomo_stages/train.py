@@ -48,6 +48,7 @@ def run_stage(params: Params, paths: ProjectPaths) -> dict:
             epochs,
             config.batch_size,
             seed=config.seed,
+            weight_decay=config.weight_decay,
             augment=config.augment.enabled,
             callbacks=(validation, keep_best),
         ).history

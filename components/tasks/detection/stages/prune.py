@@ -19,10 +19,13 @@ log = logging.getLogger(__name__)
 
 def run_stage(params: Params, paths: ProjectPaths) -> dict:
     data = training_data(paths.prepared_dir)
-    pruned, history = prune_detector(load_model(paths.float_model), data, params.prune)
-    scores = ValidationMap(
+    validation = ValidationMap(
         data, read_dataset_info(paths.prepared_dir).classes, nms_settings(params.detection.nms)
-    ).scores(pruned)
+    )
+    pruned, history = prune_detector(
+        load_model(paths.float_model), data, params.prune, callbacks=(validation,)
+    )
+    scores = validation.scores(pruned)
     metrics = {
         "sparsity": sparsity(pruned),
         "target_sparsity": params.prune.target_sparsity,

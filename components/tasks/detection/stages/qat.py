@@ -9,11 +9,12 @@ from components.atomic import atomic_path, write_json
 from components.config import Params
 from components.dataset import read_dataset_info
 from components.hashing import file_digest
-from components.model import load_model, seed_everything, sparsity, write_history
+from components.model import load_model, sparsity, write_history
 from components.paths import ProjectPaths
-from components.qat import keep_qat_model, quantization_aware
+from components.qat import keep_qat_model
+from components.tasks.detection.optimize import qat_detector
 from components.tasks.detection.prepared import nms_settings, training_data
-from components.tasks.detection.train import ValidationMap, fit_detector
+from components.tasks.detection.train import ValidationMap
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +22,12 @@ log = logging.getLogger(__name__)
 def run_stage(params: Params, paths: ProjectPaths) -> dict:
     config = params.qat
     data = training_data(paths.prepared_dir)
-    seed_everything(0)
     pruned = load_model(paths.pruned_model)
-    model = quantization_aware(pruned)
-    history = fit_detector(model, data, config.learning_rate, config.epochs, config.batch_size).history
-    scores = ValidationMap(
+    validation = ValidationMap(
         data, read_dataset_info(paths.prepared_dir).classes, nms_settings(params.detection.nms)
-    ).scores(model)
+    )
+    model, history = qat_detector(pruned, data, config, callbacks=(validation,))
+    scores = validation.scores(model)
     metrics = {
         "sparsity_before": sparsity(pruned),
         "sparsity": sparsity(model),

@@ -51,6 +51,7 @@ def run_stage(params: Params, paths: ProjectPaths) -> dict:
             callbacks=(validation, keep_best),
             augment=config.augment.enabled,
             seed=config.seed,
+            weight_decay=config.weight_decay,
         ).history
         return history, best_epoch(history["val_map_50"])
 
