@@ -271,15 +271,37 @@ TASK_DEFAULTS: dict[str, dict[str, object]] = {
     },
 }
 TASK_BUNDLED_DATA = {task: values["data.bundled_if_empty"] for task, values in TASK_DEFAULTS.items()}
-# `gates.max_bytes.<format>: auto`: the flash a task's release file may take. 256 KiB leaves flash for the
-# firmware on an OpenMV-class camera; the SSD detector's int8 file (about 380 KB at 96x96, alpha 0.35)
-# needs an OpenMV H7 Plus / RT1062-class camera, 512 KiB of its flash.
-TASK_MAX_BYTES = {"classification": 262144, "detection": 524288}
+
+
+def _device_budgets(raw: dict, task: str) -> dict:
+    """`target: auto` (or unset) becomes the task's device (components/targets.py: an OpenMV H7 for a
+    classifier; a detector's int8 file, about 380 KB, needs an H7 Plus), and the `auto` size gates that
+    device's budgets: `gates.max_bytes.<format>` its model flash, `gates.max_arena_bytes` its arena."""
+    from components.targets import DEFAULT_TARGETS, get_profile, profile_names  # not a stage dependency
+
+    target = raw.get("target", "auto")
+    if target == "auto":
+        target = DEFAULT_TARGETS[task]
+    # an unknown name is the `target` field's error alone: the gates take the task's device meanwhile
+    profile = get_profile(target if target in profile_names() else DEFAULT_TARGETS[task])
+    resolved = {**raw, "target": target}
+    gates = raw.get("gates")
+    if not isinstance(gates, dict):
+        return resolved  # the section's own check says what is wrong
+    gates = dict(gates)
+    if isinstance(gates.get("max_bytes"), dict):
+        sizes = {k: profile.flash_bytes if v == "auto" else v for k, v in gates["max_bytes"].items()}
+        gates["max_bytes"] = {k: v for k, v in sizes.items() if v is not None}  # None: no limit
+    if gates.get("max_arena_bytes") == "auto":
+        gates["max_arena_bytes"] = profile.arena_bytes
+    return {**resolved, "gates": gates}
 
 
 class Params(Section):
     # classification: a folder per class; detection: annotated images (YOLO or COCO layout), SSD boxes
     task: Task = "classification"
+    # the device the release must fit (components/targets.py, `edgepipe targets`); auto: the task's
+    target: str = "openmv_h7"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -294,10 +316,23 @@ class Params(Section):
     orchestration: OrchestrationConfig = OrchestrationConfig()
     detection: DetectionConfig = DetectionConfig()
 
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        from components.targets import profile_names  # not a stage dependency
+
+        if value not in profile_names():
+            raise ValueError(
+                f"{value!r} is not a device profile; use auto or one of {', '.join(profile_names())} "
+                "(`edgepipe targets` lists their budgets)"
+            )
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _task_defaults(cls, raw: object) -> object:
-        """`auto` (or unset) settings of TASK_DEFAULTS become the task's, and `gates.max_bytes` entries."""
+        """`auto` (or unset) settings of TASK_DEFAULTS become the task's, and `target` and the `auto` size
+        gates the device's."""
         if not isinstance(raw, dict):
             return raw
         task = raw.get("task", "classification")
@@ -311,11 +346,7 @@ class Params(Section):
                 return raw  # the section's own check says what is wrong
             if found.get(key, "auto") == "auto":
                 resolved[section] = {**resolved.get(section, found), key: value}
-        gates = raw.get("gates")
-        if isinstance(gates, dict) and isinstance(gates.get("max_bytes"), dict):
-            sizes = {k: TASK_MAX_BYTES[task] if v == "auto" else v for k, v in gates["max_bytes"].items()}
-            resolved["gates"] = {**gates, "max_bytes": sizes}
-        return resolved
+        return _device_budgets(resolved, task)
 
     @model_validator(mode="after")
     def _task_fits(self) -> Params:

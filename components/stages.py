@@ -194,7 +194,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "validate",
         "components.validate",
-        ("gates", "detection"),
+        ("target", "gates", "detection"),  # target: the device whose budgets fill the `auto` size gates
         detection_module=_detection("validate"),
         fomo_module=_fomo("validate"),
         deps=lambda p: (p.prepared_dir, p.float_model, p.pruned_model, p.qat_weights, *_all_exports(p)),

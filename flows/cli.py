@@ -73,6 +73,29 @@ def run(
 
 
 @app.command()
+def targets(markdown: bool = typer.Option(False, help="print the Markdown table the README holds")) -> None:
+    """The device profiles `target:` in params.yaml names: the budgets the release must fit."""
+    from components.targets import PROFILES, targets_markdown
+
+    if markdown:
+        typer.echo(targets_markdown(), nl=False)
+        return
+    rows = [
+        {
+            "target": p.name,
+            "device": p.device,
+            "model flash": "no limit" if p.flash_bytes is None else f"{p.flash_bytes:,} B",
+            "TFLite-Micro arena": "no limit" if p.arena_bytes is None else f"{p.arena_bytes:,} B",
+            "runs the release in": ", ".join(p.runtimes),
+        }
+        for p in PROFILES
+    ]
+    console.print(rich_table("edgepipe device profiles (target: in params.yaml)", tuple(rows[0]), rows))
+    for p in PROFILES:
+        console.print(f"{p.name}: {p.source}.")
+
+
+@app.command()
 def formats(markdown: bool = typer.Option(False, help="print the Markdown table the README holds")) -> None:
     """The format registry: every artifact the pipeline exports and the runtimes that must run it."""
     from components.formats import FORMATS, registry_markdown

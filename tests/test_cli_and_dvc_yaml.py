@@ -130,6 +130,19 @@ def test_results_summary_says_what_happened_in_mlflow_and_dvc(capsys, version, n
         assert line in out
 
 
+def test_readme_shows_the_device_profiles_as_edgepipe_targets_prints_them():
+    """The README's device table is `edgepipe targets --markdown`, and `edgepipe targets` lists every
+    profile with its budgets and the source of its figures."""
+    from components.targets import PROFILES, targets_markdown
+
+    assert targets_markdown() in (PROJECT_ROOT / "README.md").read_text()
+    out = subprocess.run(
+        [*CLI, "targets"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for profile in PROFILES:
+        assert profile.name in out and profile.source.split(":")[0] in out
+
+
 def test_readme_shows_the_format_registry_as_it_is():
     """The README's format table is `edgepipe formats --markdown`: the docs come from the registry."""
     from components.formats import registry_markdown

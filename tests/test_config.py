@@ -50,6 +50,10 @@ def test_tiny_params_round_trip(tmp_path):
             "gates.min_agreement: Value error, min_agreement needs a 'default'",
         ),
         ({"model.name": "bad name/with slash"}, "model.name: String should match pattern"),
+        (
+            {"target": "pi5"},
+            "target: Value error, 'pi5' is not a device profile; use auto or one of openmv_h7",
+        ),
     ],
 )
 def test_bad_value_names_the_key(tmp_path, override, expected):
@@ -97,3 +101,28 @@ def test_sections_are_frozen_and_hashed_independently(tiny_params):
 
 def test_defaults_are_valid():
     assert Params().train.epochs >= 1
+
+
+def test_the_target_device_sets_the_size_gates_left_auto():
+    """`target:` picks a profile of components/targets.py; its budgets fill the `auto` size gates, a number
+    in `gates:` wins, and a device without a flash budget leaves no size limit."""
+    import yaml
+
+    from components.targets import get_profile
+
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    shipped = Params.model_validate(raw)
+    assert shipped.target == "openmv_h7"
+    assert shipped.gates.max_bytes == {"tflite_int8": 262144} and shipped.gates.max_arena_bytes == 262144
+    detector = Params.model_validate(raw | {"task": "detection"})
+    assert detector.target == "openmv_h7_plus" and detector.gates.max_bytes == {"tflite_int8": 524288}
+    board = Params.model_validate(raw | {"target": "cortex_m4_256k"})
+    profile = get_profile("cortex_m4_256k")
+    assert board.gates.max_bytes == {"tflite_int8": profile.flash_bytes} == {"tflite_int8": 786432}
+    assert board.gates.max_arena_bytes == profile.arena_bytes == 163840
+    mine = Params.model_validate(
+        raw | {"target": "esp32_s3_psram", "gates": raw["gates"] | {"max_arena_bytes": 1000}}
+    )
+    assert mine.gates.max_arena_bytes == 1000 and mine.gates.max_bytes == {"tflite_int8": 3 * 1024 * 1024}
+    pi = Params.model_validate(raw | {"target": "raspberry_pi_4"})
+    assert pi.gates.max_bytes == {} and pi.gates.max_arena_bytes is None

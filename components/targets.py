@@ -1,0 +1,121 @@
+"""Device profiles: what a released model must fit and where it must run, chosen with `target: NAME` in
+params.yaml. One table, each budget with the source of its figure: the device's memory from its vendor's
+datasheet, and the share of it edgepipe leaves to the model (the rest is firmware, stack and frames).
+
+A profile sets the size gates (`gates.max_bytes` of the release format, `gates.max_arena_bytes`) where
+params.yaml leaves them `auto`; an explicit number in `gates:` overrides it. `edgepipe targets` prints
+the table; the README's table is `edgepipe targets --markdown` (a test checks they agree). `target` is a
+DVC param of the validate step; an edit of this table itself reaches a project's gates on the next run
+that re-validates (`dvc repro -f validate` forces it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    device: str
+    flash_bytes: int | None  # the release file's budget (None: no limit, e.g. an SD card)
+    arena_bytes: int | None  # TFLite-Micro tensor arena of the int8 file (None: not a microcontroller)
+    runtimes: tuple[str, ...]  # runtimes of the format registry that run the release on the device
+    source: str  # the datasheet figures and how the budgets follow from them
+
+
+PROFILES: tuple[DeviceProfile, ...] = (
+    DeviceProfile(
+        "openmv_h7",
+        "OpenMV Cam H7 (STM32H743, Cortex-M7 480 MHz)",
+        256 * KIB,
+        256 * KIB,
+        ("tflm",),
+        "STM32H743VI: 2 MB flash, 1 MB SRAM (ST datasheet DS12110). The firmware takes most of the flash "
+        "and the frame buffers most of the SRAM; the model gets 256 KiB of each (edgepipe's size gates "
+        "before device profiles)",
+    ),
+    DeviceProfile(
+        "openmv_h7_plus",
+        "OpenMV Cam H7 Plus / RT1062 (32 MB SDRAM)",
+        512 * KIB,
+        256 * KIB,
+        ("tflm",),
+        "OpenMV Cam H7 Plus: STM32H743 plus 32 MB SDRAM and 32 MB flash (openmv.io product page). The model "
+        "file goes to SDRAM, up to 512 KiB here so frames keep the rest; the arena stays in the 1 MB SRAM, "
+        "256 KiB of it",
+    ),
+    DeviceProfile(
+        "cortex_m4_256k",
+        "Cortex-M4 board, 256 KiB RAM / 1 MiB flash (nRF52840: Arduino Nano 33 BLE Sense)",
+        768 * KIB,
+        160 * KIB,
+        ("tflm",),
+        "nRF52840: 1 MB flash, 256 KB RAM (Nordic nRF52840 Product Specification v1.7). 256 KiB of flash "
+        "for the application, TFLite-Micro and the BLE stack leave 768 KiB for the model; stack, heap, "
+        "the BLE stack's RAM and a 96x96x3 frame (27 KiB) leave 160 KiB of RAM for the arena",
+    ),
+    DeviceProfile(
+        "esp32_s3_psram",
+        "ESP32-S3 with 8 MB PSRAM (ESP32-S3-WROOM-1-N8R8)",
+        3 * MIB,
+        2 * MIB,
+        ("tflm",),
+        "ESP32-S3-WROOM-1-N8R8: 8 MB flash, 8 MB octal PSRAM, 512 KB SRAM (Espressif ESP32-S3-WROOM-1 "
+        "datasheet). A 3 MB app partition (the Arduino core's 'Huge APP' scheme) holds firmware and "
+        "model; the arena goes to PSRAM, 2 MiB of it, the rest for camera frames",
+    ),
+    DeviceProfile(
+        "raspberry_pi_4",
+        "Raspberry Pi 4 Model B (BCM2711, 4x Cortex-A72 1.5 GHz, 1-8 GB)",
+        None,
+        None,
+        ("litert", "opencv_dnn"),
+        "Raspberry Pi 4 Model B product brief: BCM2711, 1, 2, 4 or 8 GB LPDDR4, storage on microSD: "
+        "no size budget; the int8 .tflite runs in LiteRT and the ONNX files in OpenCV dnn",
+    ),
+    DeviceProfile(
+        "desktop_opencv",
+        "x86-64 desktop CPU with OpenCV dnn",
+        None,
+        None,
+        ("opencv_dnn",),
+        "A desktop or server CPU (gigabytes of RAM, disk storage): no size budget; the ONNX files run in "
+        "OpenCV's dnn module",
+    ),
+)
+DEFAULT_TARGETS = {"classification": "openmv_h7", "detection": "openmv_h7_plus"}
+
+
+def get_profile(name: str) -> DeviceProfile:
+    for profile in PROFILES:
+        if profile.name == name:
+            return profile
+    raise KeyError(name)
+
+
+def profile_names() -> list[str]:
+    return [profile.name for profile in PROFILES]
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "no limit"
+    return f"{value // MIB} MiB" if value % MIB == 0 else f"{value // KIB} KiB"
+
+
+def targets_markdown() -> str:
+    """The profile table as the README shows it."""
+    rows = [
+        "| target | device | model flash | TFLite-Micro arena | runs the release in | source |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in PROFILES:
+        rows.append(
+            f"| `{p.name}` | {p.device} | {_size(p.flash_bytes)} | {_size(p.arena_bytes)} | "
+            f"{', '.join(p.runtimes)} | {p.source} |"
+        )
+    return "\n".join(rows) + "\n"
