@@ -321,7 +321,8 @@ class Params(Section):
     def _known_target(cls, value: str) -> str:
         from components.targets import profile_names  # not a stage dependency
 
-        if value not in profile_names():
+        # "auto" is left only when another section is invalid (_task_defaults stops early): that one's error
+        if value != "auto" and value not in profile_names():
             raise ValueError(
                 f"{value!r} is not a device profile; use auto or one of {', '.join(profile_names())} "
                 "(`edgepipe targets` lists their budgets)"

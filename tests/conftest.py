@@ -55,6 +55,7 @@ GIT = ["git", "-c", "user.name=edgepipe-tests", "-c", "user.email=tests@edgepipe
 # because dvc.yaml names it as a stage parameter, and DVC requires it in params.yaml.
 TINY_PARAMS = {
     "task": "classification",
+    "target": "auto",
     "data": {
         "raw_dir": "data/raw",
         "bundled_if_empty": "none",
