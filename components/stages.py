@@ -269,7 +269,10 @@ def check_params_sections(params_file: Path) -> None:
     if not missing:
         return
     needed = "; ".join(f"{section} (read by {', '.join(readers[section])})" for section in missing)
-    defaults = yaml.safe_dump(Params().model_dump(mode="json", include=set(missing)), sort_keys=False)
+    written = Params().model_dump(mode="json", include=set(missing))
+    if "target" in written:
+        written["target"] = "auto"  # the task's device; Params() resolved it for a classifier
+    defaults = yaml.safe_dump(written, sort_keys=False)
     raise EdgepipeError(
         f"{params_file}: missing section(s) {needed}. DVC records every section a step reads, so each "
         f"must be written in the file. Nothing ran. Add these (the defaults) and run again:\n\n{defaults}"

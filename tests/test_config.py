@@ -126,3 +126,20 @@ def test_the_target_device_sets_the_size_gates_left_auto():
     assert mine.gates.max_arena_bytes == 1000 and mine.gates.max_bytes == {"tflite_int8": 3 * 1024 * 1024}
     pi = Params.model_validate(raw | {"target": "raspberry_pi_4"})
     assert pi.gates.max_bytes == {} and pi.gates.max_arena_bytes is None
+
+
+def test_a_params_file_without_target_is_told_to_add_target_auto(tmp_path):
+    """`target` is read by validate (a DVC param), so an older params.yaml without it stops before anything
+    runs, and the line to paste is `target: auto` (the task's device), not the classifier's resolved one."""
+    import yaml
+
+    from components.stages import check_params_sections
+
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw.pop("target")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw | {"task": "detection"}))
+    with pytest.raises(EdgepipeError) as info:
+        check_params_sections(path)
+    assert "missing section(s) target (read by validate)" in str(info.value)
+    assert str(info.value).rstrip().endswith("target: auto")
