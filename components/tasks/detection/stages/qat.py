@@ -27,12 +27,11 @@ def run_stage(params: Params, paths: ProjectPaths) -> dict:
         data, read_dataset_info(paths.prepared_dir).classes, nms_settings(params.detection.nms)
     )
     model, history = qat_detector(pruned, data, config, callbacks=(validation,))
-    scores = validation.scores(model)
-    metrics = {
+    metrics = {  # the validation scores are the last epoch's: the callback scored this very model
         "sparsity_before": sparsity(pruned),
         "sparsity": sparsity(model),
-        "val_map_50": scores["map_50"],
-        "val_map_50_95": scores["map_50_95"],
+        "val_map_50": history["val_map_50"][-1],
+        "val_map_50_95": history["val_map_50_95"][-1],
     }
     with atomic_path(paths.qat_weights) as tmp:
         model.save_weights(tmp)
