@@ -384,6 +384,19 @@ class Params(Section):
         return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def written_defaults(sections: set[str]) -> dict:
+    """The defaults of params.yaml `sections` as the file should hold them: what a task resolves (`target`,
+    TASK_DEFAULTS' keys) stays `auto`, not the classifier's values a bare Params() resolves it to."""
+    written = Params().model_dump(mode="json", include=sections)
+    if "target" in written:
+        written["target"] = "auto"
+    for dotted in TASK_DEFAULTS["classification"]:
+        section, key = dotted.split(".")
+        if section in written:
+            written[section][key] = "auto"
+    return written
+
+
 def load_params(path: Path | str = "params.yaml") -> Params:
     """Read and validate params.yaml. Errors name the file, the dotted key and the fix."""
     path = Path(path)

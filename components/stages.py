@@ -18,7 +18,7 @@ import yaml
 
 from components.atomic import read_json
 from components.code_deps import code_dependencies
-from components.config import Params
+from components.config import Params, written_defaults
 from components.errors import EdgepipeError
 from components.formats import RELEASE_FORMAT, by_container, get_format
 from components.hashing import file_digest
@@ -269,10 +269,7 @@ def check_params_sections(params_file: Path) -> None:
     if not missing:
         return
     needed = "; ".join(f"{section} (read by {', '.join(readers[section])})" for section in missing)
-    written = Params().model_dump(mode="json", include=set(missing))
-    if "target" in written:
-        written["target"] = "auto"  # the task's device; Params() resolved it for a classifier
-    defaults = yaml.safe_dump(written, sort_keys=False)
+    defaults = yaml.safe_dump(written_defaults(set(missing)), sort_keys=False)
     raise EdgepipeError(
         f"{params_file}: missing section(s) {needed}. DVC records every section a step reads, so each "
         f"must be written in the file. Nothing ran. Add these (the defaults) and run again:\n\n{defaults}"

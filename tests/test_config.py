@@ -143,3 +143,10 @@ def test_a_params_file_without_target_is_told_to_add_target_auto(tmp_path):
         check_params_sections(path)
     assert "missing section(s) target (read by validate)" in str(info.value)
     assert str(info.value).rstrip().endswith("target: auto")
+    # the same for every key a task resolves: a detector's missing `qat` is not given the classifier's batch
+    raw.pop("qat")
+    path.write_text(yaml.safe_dump(raw | {"task": "detection"}))
+    with pytest.raises(EdgepipeError) as info:
+        check_params_sections(path)
+    pasted = yaml.safe_load(str(info.value).split("run again:", 1)[1])
+    assert pasted == {"qat": {"epochs": 2, "batch_size": "auto", "learning_rate": 0.0001}, "target": "auto"}
