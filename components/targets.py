@@ -25,6 +25,10 @@ class DeviceProfile:
     arena_bytes: int | None  # TFLite-Micro tensor arena of the int8 file (None: not a microcontroller)
     runtimes: tuple[str, ...]  # runtimes of the format registry that run the release on the device
     source: str  # the datasheet figures and how the budgets follow from them
+    # median batch-1 milliseconds of (format, runtime) on the build machine (components/latency.py), a
+    # stated proxy: a device is slower, so passing here is necessary, not sufficient. None: no budget
+    latency_ms: float | None = None
+    latency_cell: tuple[str, str] = ("tflite_int8", "litert")
 
 
 PROFILES: tuple[DeviceProfile, ...] = (
@@ -75,7 +79,10 @@ PROFILES: tuple[DeviceProfile, ...] = (
         None,
         ("litert", "opencv_dnn"),
         "Raspberry Pi 4 Model B product brief: BCM2711, 1, 2, 4 or 8 GB LPDDR4, storage on microSD: "
-        "no size budget; the int8 .tflite runs in LiteRT and the ONNX files in OpenCV dnn",
+        "no size budget; the int8 .tflite runs in LiteRT and the ONNX files in OpenCV dnn. Latency: 5 ms "
+        "for the int8 .tflite in LiteRT with 2 threads, measured on the build machine as a proxy",
+        5.0,
+        ("tflite_int8", "litert"),
     ),
     DeviceProfile(
         "desktop_opencv",
@@ -84,7 +91,9 @@ PROFILES: tuple[DeviceProfile, ...] = (
         None,
         ("opencv_dnn",),
         "A desktop or server CPU (gigabytes of RAM, disk storage): no size budget; the ONNX files run in "
-        "OpenCV's dnn module",
+        "OpenCV's dnn module. Latency: 5 ms for the float ONNX in OpenCV dnn with 2 threads",
+        5.0,
+        ("onnx_float32", "opencv_dnn"),
     ),
 )
 DEFAULT_TARGETS = {"classification": "openmv_h7", "detection": "openmv_h7_plus"}
@@ -107,15 +116,24 @@ def _size(value: int | None) -> str:
     return f"{value // MIB} MiB" if value % MIB == 0 else f"{value // KIB} KiB"
 
 
+def latency_text(profile: DeviceProfile) -> str:
+    if profile.latency_ms is None:
+        return "no limit"
+    fmt, runtime = profile.latency_cell
+    return f"{profile.latency_ms:g} ms ({fmt}, {runtime})"
+
+
 def targets_markdown() -> str:
     """The profile table as the README shows it."""
     rows = [
-        "| target | device | model flash | TFLite-Micro arena | runs the release in | source |",
-        "|---|---|---|---|---|---|",
+        "| target | device | model flash | TFLite-Micro arena | latency (build machine) "
+        "| runs the release in | source |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in PROFILES:
         rows.append(
-            f"| `{p.name}` | {p.device} | {_size(p.flash_bytes)} | {_size(p.arena_bytes)} | "
+            f"| `{p.name}` | {p.device} | {_size(p.flash_bytes)} | {_size(p.arena_bytes)} "
+            f"| {latency_text(p)} | "
             f"{', '.join(p.runtimes)} | {p.source} |"
         )
     return "\n".join(rows) + "\n"

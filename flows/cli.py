@@ -73,9 +73,51 @@ def run(
 
 
 @app.command()
+@user_errors
+def sweep(
+    set_: list[str] = typer.Option(
+        [],
+        "-S",
+        "--set",
+        help="KEY=V1,V2: values of one params.yaml key (repeat for a grid), as dvc exp run -S",
+    ),
+    search: str = typer.Option("grid", help="grid: every combination | optuna: a TPE search of --trials"),
+    trials: int = typer.Option(8, min=1, help="--search optuna: candidates to run"),
+    params: Path = typer.Option(Path("params.yaml"), help="params file, relative to the project folder"),
+    project_dir: Path = typer.Option(Path("."), help="the git + DVC project folder"),
+    push: bool = typer.Option(True, help="dvc push the released candidate's outputs"),
+) -> None:
+    """Run candidate settings as DVC experiments side by side, judge each against the device profile
+    (`target:`), and release the best one that passes every gate, as `edgepipe run` would. Exit 2 when none
+    does, with what each candidate missed."""
+    from flows.cli_output import print_sweep
+
+    if not set_:
+        raise EdgepipeError("give at least one -S KEY=V1,V2 (e.g. -S prune.target_sparsity=0.3,0.6)")
+    if search not in ("grid", "optuna"):
+        raise EdgepipeError(f"--search {search!r}: expected grid or optuna")
+    from flows.sweep import NoCandidateFits
+    from flows.sweep import sweep as sweep_flow
+
+    try:
+        result = sweep_flow(
+            options=set_,
+            search=search,
+            trials=trials,
+            params_path=str(params),
+            project_dir=str(project_dir),
+            push=push,
+        )
+    except NoCandidateFits as error:
+        print_sweep(error.result, project_dir)
+        raise
+    print_sweep(result, project_dir)
+
+
+@app.command()
 def targets(markdown: bool = typer.Option(False, help="print the Markdown table the README holds")) -> None:
     """The device profiles `target:` in params.yaml names: the budgets the release must fit."""
-    from components.targets import PROFILES, targets_markdown
+    from components.targets import PROFILES, latency_text, targets_markdown
 
     if markdown:
         typer.echo(targets_markdown(), nl=False)
@@ -86,6 +128,7 @@ def targets(markdown: bool = typer.Option(False, help="print the Markdown table 
             "device": p.device,
             "model flash": "no limit" if p.flash_bytes is None else f"{p.flash_bytes:,} B",
             "TFLite-Micro arena": "no limit" if p.arena_bytes is None else f"{p.arena_bytes:,} B",
+            "latency (build machine)": latency_text(p),
             "runs the release in": ", ".join(p.runtimes),
         }
         for p in PROFILES

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -95,3 +96,33 @@ def rich_table(title: str, columns: tuple[str, ...], rows: list[dict]) -> Table:
     for row in rows:
         table.add_row(*(str(row[c]) for c in columns))
     return table
+
+
+def print_sweep(result, project_dir: Path) -> None:
+    """The sweep's candidate table, its decision and where to look (flows.sweep.SweepResult)."""
+    from components.registry import redacted, tracking_uri
+    from flows.sweep import candidate_rows, decision_text
+
+    rows = candidate_rows(result.outcomes, short=True)
+    if rows:
+        title = f"{result.sweep_id}: {len(rows)} candidates for target {result.outcomes[0].target}"
+        console.print(rich_table(title, tuple(rows[0]), rows))
+    console.print(
+        decision_text(result.chosen, result.unconstrained, result.outcomes), markup=False, highlight=False
+    )
+    if result.release is not None:
+        registration = result.release.registration
+        console.print(
+            f"Registered MLflow model {registration.model_name} version {registration.version}, git tag "
+            f"{registration.git_tag}",
+            markup=False,
+            highlight=False,
+        )
+    console.print(
+        f"Sweep: {result.seconds:.0f} s. Table {result.table}, Pareto chart {result.chart}; MLflow parent "
+        f"run {result.parent_run_id} in {redacted(tracking_uri(project_dir))}; DVC experiments "
+        f"{result.sweep_id}-N: `dvc exp show --rev {result.baseline[:7]}` lists them, `dvc exp apply NAME` "
+        "brings one back.",
+        markup=False,
+        highlight=False,
+    )
