@@ -138,7 +138,9 @@ def _sweep(params, params_file, root, space, search, trials, push, uri, logger) 
         outcomes = []
         for run, cparams, latency in zip(runs, candidate_params, latencies, strict=True):
             report = experiments.report_at(root, run.rev) if run.rev else None
-            outcome = judge(run.candidate, cparams, report, latency, run.rev, run.error, run.seconds)
+            outcome = judge(
+                run.candidate, cparams, report, latency, run.rev, run.error, run.seconds, run.reused
+            )
             log_child(uri, parent_id, sweep_id, outcome)
             logger.info("%s: %s", outcome.name, "pass" if outcome.passed else "; ".join(outcome.misses))
             outcomes.append(outcome)
@@ -206,31 +208,38 @@ def _report_task(params: Params) -> str:
     return params.task
 
 
+GATES = ("flash", "arena", "latency", "accuracy", "runtimes")  # the table's pass/fail columns
+
+
 def _mark(ok: bool | None) -> str:
     return "-" if ok is None else ("pass" if ok else "FAIL")
 
 
 def candidate_rows(outcomes: list[Outcome], short: bool = False) -> list[dict[str, str]]:
-    """One row per candidate; short: the number and the keys' last parts (a terminal's width)."""
+    """One row per candidate, pass/fail per gate. short (a terminal's width): the candidate's number, one
+    setting per line, the gates in one column naming those missed."""
     rows = []
     for o in outcomes:
-        rows.append(
-            {
-                "candidate": o.name.rsplit("-", 1)[-1] if short else o.name,
-                "settings": o.candidate.label(short),
-                "score": "-" if o.score is None else f"{o.score:.4f}",
-                "float": "-" if o.float_score is None else f"{o.float_score:.4f}",
-                "int8 bytes": "-" if o.flash_bytes is None else f"{o.flash_bytes:,}",
-                "arena bytes": "-" if o.arena_bytes is None else f"{o.arena_bytes:,}",
-                "latency ms": "-" if o.latency_ms is None else f"{o.latency_ms:.3f}",
-                **{
-                    gate: _mark(o.checks.get(gate))
-                    for gate in ("flash", "arena", "latency", "accuracy", "runtimes")
-                },
-                "result": "pass" if o.passed else ("failed" if o.rev is None else "miss"),
-                "seconds": f"{o.seconds:.0f}",
-            }
-        )
+        row = {
+            "candidate": o.name.rsplit("-", 1)[-1] if short else o.name,
+            "settings": o.candidate.label(short).replace(" ", "\n") if short else o.candidate.label(),
+            "score": "-" if o.score is None else f"{o.score:.4f}",
+            "float": "-" if o.float_score is None else f"{o.float_score:.4f}",
+            "int8 bytes": "-" if o.flash_bytes is None else f"{o.flash_bytes:,}",
+            "arena bytes": "-" if o.arena_bytes is None else f"{o.arena_bytes:,}",
+            "latency ms": "-" if o.latency_ms is None else f"{o.latency_ms:.3f}",
+        }
+        if short:
+            missed = [gate for gate in GATES if o.checks.get(gate) is False]
+            row["gates"] = (
+                "pass" if o.passed else ("did not finish" if o.rev is None else "miss: " + ", ".join(missed))
+            )
+        else:
+            row |= {gate: _mark(o.checks.get(gate)) for gate in GATES}
+            row["result"] = "pass" if o.passed else ("failed" if o.rev is None else "miss")
+        row["reused"] = ", ".join(o.reused) or "-"
+        row["seconds"] = f"{o.seconds:.0f}"
+        rows.append(row)
     return rows
 
 
@@ -280,4 +289,5 @@ def outcome_json(o: Outcome) -> dict:
         "misses": o.misses,
         "passed": o.passed,
         "seconds": round(o.seconds, 1),
+        "reused": list(o.reused),
     }

@@ -31,6 +31,7 @@ class Outcome:
     rev: str | None = None  # the DVC experiment's commit; None: the run failed
     error: str | None = None  # why it failed (the step's own message)
     seconds: float = 0.0
+    reused: tuple[str, ...] = ()  # steps restored from DVC's run cache or current in the baseline
     float_score: float | None = None
     score: float | None = None  # the release file's test score in LiteRT (what the champion rule compares)
     flash_bytes: int | None = None  # the release file
@@ -67,11 +68,14 @@ def judge(
     rev: str | None,
     error: str | None = None,
     seconds: float = 0.0,
+    reused: tuple[str, ...] = (),
 ) -> Outcome:
     """The outcome of one candidate: its report's gate failures sorted into the columns, plus the
     profile's latency budget (which the sweep measures: validate runs its runtimes side by side)."""
     profile = get_profile(params.target)
-    outcome = Outcome(candidate, params.target, rev, error, seconds, latency_cell=profile.latency_cell)
+    outcome = Outcome(
+        candidate, params.target, rev, error, seconds, reused, latency_cell=profile.latency_cell
+    )
     if report is None:
         outcome.misses = [f"did not finish: {error}"]
         return outcome

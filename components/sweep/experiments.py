@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class ExperimentRun:
     log_file: Path
     error: str | None = None
     seconds: float = 0.0
+    reused: tuple[str, ...] = ()  # steps DVC restored (run cache) instead of running
 
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -54,16 +56,37 @@ def run_experiment(root: Path, candidate: Candidate, log_dir: Path) -> Experimen
     with log_file.open("w") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        done = subprocess.run(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        env = {**os.environ, **commit_identity(root)}
+        done = subprocess.run(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
     seconds = time.monotonic() - started
+    reused = tuple(REUSED.findall(log_file.read_text(errors="replace")))
     if done.returncode != 0:
-        return ExperimentRun(candidate, None, log_file, last_error(log_file), seconds)
+        return ExperimentRun(candidate, None, log_file, last_error(log_file), seconds, reused)
     rev = experiment_rev(root, candidate.name)
     if rev is None:
-        return ExperimentRun(
-            candidate, None, log_file, "dvc exp run ended without an experiment ref", seconds
-        )
-    return ExperimentRun(candidate, rev, log_file, None, seconds)
+        error = "dvc exp run ended without an experiment ref"
+        return ExperimentRun(candidate, None, log_file, error, seconds, reused)
+    return ExperimentRun(candidate, rev, log_file, None, seconds, reused)
+
+
+# what `dvc exp run` prints for a step it did not run: restored from the run cache, or already current in
+# the baseline's dvc.lock
+REUSED = re.compile(r"^Stage '(\w+)' (?:is cached - skipping run|didn't change, skipping)", re.MULTILINE)
+
+
+def commit_identity(root: Path) -> dict[str, str]:
+    """DVC commits each experiment and refuses without a git identity: the release's fallback one then."""
+    if git(root, "config", "user.email", check=False).returncode == 0:
+        return {}
+    from components.release import FALLBACK_IDENTITY
+
+    name, email = FALLBACK_IDENTITY
+    return {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+    }
 
 
 def last_error(log_file: Path) -> str:

@@ -26,10 +26,12 @@ class Candidate:
     overrides: dict[str, object]  # dotted params.yaml key -> value
 
     def set_args(self) -> list[str]:
-        """`-S key=value` arguments of `dvc exp run`; DVC parses values as YAML, of which JSON is a part."""
+        """`-S ++key=value` arguments of `dvc exp run`: `++` (Hydra's override syntax, which DVC uses) sets a
+        key whether or not params.yaml holds it yet, as `with_overrides` does. DVC parses values as YAML, of
+        which JSON is a part."""
         args = []
         for key, value in self.overrides.items():
-            args += ["-S", f"{key}={json.dumps(value)}"]
+            args += ["-S", f"++{key}={json.dumps(value)}"]
         return args
 
     def label(self, short: bool = False) -> str:

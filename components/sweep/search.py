@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from collections.abc import Callable
 
 import optuna
@@ -14,6 +15,8 @@ import optuna
 from components.sweep.decision import Outcome
 
 optuna.logging.set_verbosity(logging.WARNING)
+# constraints_func is marked experimental (Optuna 4.9); the pinned version is the tested one
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
