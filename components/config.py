@@ -185,6 +185,14 @@ class PruneConfig(Section):
         description="at least this many pruning steps: on a small dataset `epochs` grows until the cuts "
         "have steps to recover in (components/prune.py)",
     )
+    clusters: int | None = Field(
+        None,
+        ge=2,
+        le=256,
+        description="weight clustering after pruning (tfmot, sparsity kept): each kernel keeps at most this "
+        "many distinct values, and QAT preserves both (PCQAT); null: no clustering",
+    )
+    cluster_epochs: int = Field(2, ge=1, le=1000, description="fine-tuning epochs of the clustered model")
 
 
 class QatConfig(Section):
@@ -356,6 +364,11 @@ class Params(Section):
         if self.task == "detection" and self.model.architecture != "mobilenet_v2":
             raise ValueError(
                 "model.architecture: task detection has a MobileNetV2 backbone; set mobilenet_v2 or auto"
+            )
+        if self.task == "detection" and self.prune.clusters is not None:
+            raise ValueError(
+                "prune.clusters: weight clustering is built for classifiers only so far; set it to null "
+                "for task detection"
             )
         bundled = self.data.bundled_if_empty
         if bundled not in ("none", TASK_BUNDLED_DATA[self.task]):

@@ -117,13 +117,15 @@ def export_tflite(
     pruned_model: Path,
     qat_weights: Path,
     export_dir: Path,
+    clustered: bool = False,
 ) -> dict[str, int]:
-    """Write every TFLite format of the registry; returns {format name: file bytes}."""
+    """Write every TFLite format of the registry; returns {format name: file bytes}. `clustered`: the QAT
+    model is the PCQAT wrapping (prune.clusters set)."""
     info = read_dataset_info(prepared_dir)
     sources = {
         "float": load_model(float_model),
         "pruned": load_model(pruned_model),
-        "qat": load_qat_model(pruned_model, qat_weights),
+        "qat": load_qat_model(pruned_model, qat_weights, clustered),
     }
     representative = representative_samples(prepared_dir, config.representative_samples)
     sizes = {}
@@ -151,6 +153,7 @@ def run_stage(params: Params, paths: ProjectPaths) -> dict:
         paths.pruned_model,
         paths.qat_weights,
         paths.export_dir,
+        clustered=params.prune.clusters is not None,
     )
     write_json(paths.metrics_file("export_tflite"), {"bytes": sizes})
     return sizes

@@ -176,11 +176,22 @@ def load_model(path: Path) -> keras.Model:
             ) from None
 
 
+def kernels(model: keras.Model) -> list[np.ndarray]:
+    """The conv/dense kernels (what pruning and clustering act on; biases are left alone)."""
+    return [w.numpy() for w in model.weights if w.name.split("/")[-1] in PRUNABLE_WEIGHTS]
+
+
+def unique_weights_per_kernel(model: keras.Model) -> int:
+    """The most distinct values any conv/dense kernel holds (clustering bounds it by prune.clusters; zeros
+    of pruning count as one)."""
+    return max((len(np.unique(k)) for k in kernels(model)), default=0)
+
+
 def sparsity(model: keras.Model) -> float:
     """Fraction of exactly-zero values over all conv/dense kernels (biases are never pruned)."""
-    kernels = [w.numpy() for w in model.weights if w.name.split("/")[-1] in PRUNABLE_WEIGHTS]
-    total = sum(k.size for k in kernels)
-    return float(sum(np.count_nonzero(k == 0) for k in kernels) / total) if total else 0.0
+    found = kernels(model)
+    total = sum(k.size for k in found)
+    return float(sum(np.count_nonzero(k == 0) for k in found) / total) if total else 0.0
 
 
 def seed_everything(seed: int) -> None:

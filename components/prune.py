@@ -1,4 +1,7 @@
-"""prune: magnitude pruning of the float model to a target sparsity (tfmot), then strip the wrappers."""
+"""prune: magnitude pruning of the float model to a target sparsity (tfmot), then strip the wrappers; with
+`prune.clusters`, weight clustering after it (tfmot's sparsity-preserving clustering, the collaborative
+optimisation's prune -> cluster), so each kernel keeps at most that many distinct values and its zeros.
+The qat step then preserves both (PCQAT, components/qat.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,15 @@ from components.atomic import write_json
 from components.config import Params, PruneConfig
 from components.dataset import load_split
 from components.keras2 import tfmot
-from components.model import fit_classifier, load_model, save_model, seed_everything, sparsity, write_history
+from components.model import (
+    fit_classifier,
+    load_model,
+    save_model,
+    seed_everything,
+    sparsity,
+    unique_weights_per_kernel,
+    write_history,
+)
 from components.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
@@ -72,17 +83,38 @@ def prune(
         callbacks=(tfmot.sparsity.keras.UpdatePruningStep(),),
     )
     stripped = tfmot.sparsity.keras.strip_pruning(model)
+    curves = history.history
+    if config.clusters is not None:
+        stripped, clustering = cluster(stripped, config, train, load_split(prepared_dir, "val"))
+        curves = {key: curves[key] + clustering[key] for key in curves}  # one curve: prune, then cluster
     metrics = {
         "sparsity": sparsity(stripped),
         "target_sparsity": config.target_sparsity,
-        "val_accuracy": float(history.history["val_accuracy"][-1]),
-        "epochs_run": len(history.history["val_accuracy"]),
+        "val_accuracy": float(curves["val_accuracy"][-1]),
+        "epochs_run": len(curves["val_accuracy"]),
+        "clusters": config.clusters,
+        "unique_weights_per_kernel": unique_weights_per_kernel(stripped),
     }
     save_model(stripped, model_out)
-    write_history(history_out, history.history)
+    write_history(history_out, curves)
     write_json(metrics_out, metrics)
     log.info("pruned: %s", metrics)
     return metrics
+
+
+def cluster(pruned: object, config: PruneConfig, train, val) -> tuple[object, dict]:
+    """Sparsity-preserving weight clustering (k-means++ centroids per kernel), fine-tuned for
+    prune.cluster_epochs at the pruning learning rate; returns the stripped model and its curves."""
+    clustered = tfmot.clustering.keras.cluster_weights(
+        pruned,
+        number_of_clusters=config.clusters,
+        cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS,
+        preserve_sparsity=True,
+    )
+    history = fit_classifier(
+        clustered, train, val, config.learning_rate, config.cluster_epochs, config.batch_size
+    )
+    return tfmot.clustering.keras.strip_clustering(clustered), history.history
 
 
 def run_stage(params: Params, paths: ProjectPaths) -> dict:

@@ -58,7 +58,16 @@ def matrix_columns(report: ValidationReport) -> tuple[str, ...]:
     return {"detection": DETECTION_COLUMNS, "fomo": FOMO_COLUMNS}.get(report.task, MATRIX_COLUMNS)
 
 
-ARTIFACT_COLUMNS = ("format", "file", "precision", "made from", "bytes", "gzip bytes", "bytes/param")
+ARTIFACT_COLUMNS = (
+    "format",
+    "file",
+    "precision",
+    "made from",
+    "bytes",
+    "gzip bytes",
+    "bytes/param",
+    "values/channel",
+)
 
 
 def matrix_rows(report: ValidationReport) -> list[dict]:
@@ -116,6 +125,8 @@ def artifact_rows(report: ValidationReport) -> list[dict]:
             "bytes": a.bytes,
             "gzip bytes": a.gzip_bytes,
             "bytes/param": f"{a.bytes_per_parameter:.2f}",
+            # clustering's mark on an int8 .tflite: at most prune.clusters distinct weights per channel
+            "values/channel": "-" if a.values_per_channel is None else a.values_per_channel,
         }
         for name, a in sorted(report.artifacts.items(), key=lambda item: REGISTRY_ORDER[item[0]])
     ]

@@ -30,6 +30,9 @@ class Artifact(BaseModel):
     gzip_bytes: int  # gzip -9 size: what a download or an app package costs (pruned zeros compress)
     bytes_per_parameter: float  # bytes over the float model's parameter count
     sha256: str  # of the file: the MLflow version and the git tag name the release file by it
+    # int8 .tflite: the most distinct weight values in one output channel of a conv/dense kernel
+    # (components/weight_stats.py): at most prune.clusters when clustered, up to 256 when not
+    values_per_channel: int | None = None
 
 
 # what `accuracy` measures, by report task ("fomo": a detector with model.head fomo)

@@ -147,7 +147,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "qat",
         "components.qat",
-        ("qat",),
+        ("qat", "prune"),  # prune.clusters: PCQAT instead of PQAT
         detection_module=_detection("qat"),
         fomo_module=_fomo("qat"),
         deps=lambda p: (p.prepared_dir, p.pruned_model),
@@ -164,7 +164,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "export_tflite",
         "components.export_tflite",
-        ("export", "detection"),
+        ("export", "detection", "prune"),  # prune.clusters: how the QAT model is rebuilt
         detection_module=_detection("export_tflite"),
         fomo_module=_fomo("export_tflite"),
         deps=lambda p: (p.prepared_dir, p.float_model, p.pruned_model, p.qat_weights),
@@ -194,7 +194,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "validate",
         "components.validate",
-        ("target", "gates", "detection"),  # target: the device whose budgets fill the `auto` size gates
+        # target: the device whose budgets fill the `auto` size gates; prune.clusters: how QAT was wrapped
+        ("target", "gates", "detection", "prune"),
         detection_module=_detection("validate"),
         fomo_module=_fomo("validate"),
         deps=lambda p: (p.prepared_dir, p.float_model, p.pruned_model, p.qat_weights, *_all_exports(p)),

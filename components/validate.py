@@ -30,6 +30,7 @@ from components.paths import ProjectPaths
 from components.qat import load_qat_model
 from components.results import Artifact, Cell, ValidationReport
 from components.runtimes import open_runner, tflm_arena_bytes
+from components.weight_stats import values_per_channel
 
 
 def validate(
@@ -42,6 +43,7 @@ def validate(
     report_out: Path,
     predictions_out: Path,
     map_fn: Callable = map,
+    clustered: bool = False,
 ) -> ValidationReport:
     """`map_fn(fn, formats)` runs the per-format work: the built-in `map` in order, or a Prefect task
     runner's fan-out (flows.pipeline); the results are the same either way, in registry order."""
@@ -50,7 +52,7 @@ def validate(
     source_logits = {
         "float": keras_float.predict(x_test, verbose=0),
         "pruned": load_model(pruned_model).predict(x_test, verbose=0),
-        "qat": load_qat_model(pruned_model, qat_weights).predict(x_test, verbose=0),
+        "qat": load_qat_model(pruned_model, qat_weights, clustered).predict(x_test, verbose=0),
     }
     float_pred = source_logits["float"].argmax(axis=1)
     float_accuracy = float(np.mean(float_pred == y_test))
@@ -143,6 +145,9 @@ def describe_artifact(fmt: ExportFormat, export_dir: Path, parameters: int) -> A
         gzip_bytes=len(gzip.compress(data, compresslevel=9, mtime=0)),
         bytes_per_parameter=round(len(data) / parameters, 4),
         sha256=file_digest(path),
+        values_per_channel=values_per_channel(path)
+        if (fmt.container, fmt.precision) == ("tflite", "int8")
+        else None,
     )
 
 
@@ -227,4 +232,5 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
         paths.validation_file,
         paths.release_predictions,
         map_fn,
+        clustered=params.prune.clusters is not None,
     )

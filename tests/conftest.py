@@ -73,6 +73,7 @@ TINY_PARAMS = {
         "learning_rate": 0.001,
         "frequency": 2,
         "min_steps": 12,
+        "clusters": None,  # written out: a sweep's `-S prune.clusters=null` then leaves the section as it is
     },
     "qat": {"epochs": 2, "batch_size": 16, "learning_rate": 0.0001},
     "export": {"onnx_opset": 13, "representative_samples": 32},
