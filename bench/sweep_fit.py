@@ -78,7 +78,7 @@ def main(
             "-" if o["release_bytes"] is None else f"{o['release_bytes']:,}",
             "-" if o["arena_bytes"] is None else f"{o['arena_bytes']:,}",
             "yes" if o["passed"] else "no",
-            "; ".join(o["misses"])[:70],
+            "; ".join(o["misses"]),
         )
     console.print(table)
     passing = [o for o in outcomes if o["passed"]]

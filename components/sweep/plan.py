@@ -36,12 +36,15 @@ class Candidate:
 
     def label(self, short: bool = False) -> str:
         """`key=value ...`; short: the last part of each key (a terminal table's width)."""
-        return (
-            " ".join(
-                f"{key.rsplit('.', 1)[-1] if short else key}={value}" for key, value in self.overrides.items()
-            )
-            or "(params.yaml as is)"
-        )
+        parts = [
+            f"{key.rsplit('.', 1)[-1] if short else key}={_text(v)}" for key, v in self.overrides.items()
+        ]
+        return " ".join(parts) or "(params.yaml as is)"
+
+
+def _text(value: object) -> str:
+    """A value as params.yaml writes it (null, true), not as Python prints it (None, True)."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
 
 
 def parse_option(option: str) -> tuple[str, list[object]]:
