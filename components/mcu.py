@@ -19,11 +19,13 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as sch
 
 from components.atomic import atomic_path, write_json
 from components.config import Params
+from components.dataset import load_split
 from components.errors import EdgepipeError
 from components.formats import RELEASE_FORMAT, get_format
+from components.mcu_compress import lut_compress
 from components.mcu_files import package_files
 from components.paths import ProjectPaths
-from components.runtimes import tflm_arena_bytes, tflm_reported_arena_bytes
+from components.runtimes import tflm, tflm_arena_bytes, tflm_reported_arena_bytes
 from components.tflite_metadata import read_tflite_metadata
 
 _OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
@@ -167,5 +169,32 @@ def run_stage(params: Params, paths: ProjectPaths) -> dict:
     """The `mcu` stage: the release .tflite as a C array, header, OpenMV script and arena size."""
     release = get_format(RELEASE_FORMAT).path(paths.export_dir)
     summary = package_for_mcu(release, read_tflite_metadata(release), paths.mcu_dir)
+    if params.prune.clusters is not None:
+        summary |= lut_package(release, paths.mcu_dir / LUT_FILE, load_split(paths.prepared_dir, "test")[0])
+        if summary["lut_flash_bytes"] is not None:
+            summary["files"] = sorted([*summary["files"], LUT_FILE])
     write_json(paths.metrics_file("mcu"), summary)
     return summary
+
+
+LUT_FILE = "model_int8_lut.tflite"
+
+
+def lut_package(release: Path, out: Path, images: np.ndarray) -> dict:
+    """With clustering: the release file LUT-compressed for TFLite-Micro (components/mcu_compress.py), kept
+    only if TFLite-Micro runs it with exactly the uncompressed file's predictions on the test split; its
+    flash and arena bytes. A firmware needs TFLite-Micro built with compression (USE_TFLM_COMPRESSION=1)."""
+    data, facts = lut_compress(release)
+    out.write_bytes(data)
+    plain, compressed = tflm(release)(images), tflm(out)(images)
+    same = float(np.mean(plain.argmax(axis=1) == compressed.argmax(axis=1)))
+    result = {
+        "lut_kernels": facts["kernels"],
+        "lut_index_bits": facts["index_bits"],
+        "lut_test_agreement": same,
+        "lut_max_abs_diff": float(np.max(np.abs(plain - compressed))),
+    }
+    if same < 1.0 or facts["kernels"] == 0:
+        out.unlink()
+        return result | {"lut_flash_bytes": None}
+    return result | {"lut_flash_bytes": len(data), "lut_arena_bytes": tflm_arena_bytes(out)}

@@ -184,10 +184,10 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "mcu",
         "components.mcu",
-        (),
+        ("prune",),  # prune.clusters: the LUT-compressed file, checked on the test split
         detection_module=_detection("mcu"),
         fomo_module=_fomo("mcu"),
-        deps=lambda p: (get_format(RELEASE_FORMAT).path(p.export_dir),),
+        deps=lambda p: (p.prepared_dir, get_format(RELEASE_FORMAT).path(p.export_dir)),
         outs=lambda p: (p.mcu_dir,),
         metrics=lambda p: p.metrics_file("mcu"),
     ),

@@ -224,6 +224,13 @@ def test_clustering_and_sparsity_both_reach_the_int8_file(swept):
     assert prune["clusters"] == 8 and prune["unique_weights_per_kernel"] <= 8
     assert prune["sparsity"] >= 0.45 and qat["sparsity"] == pytest.approx(prune["sparsity"], abs=0.01)
     assert qat["scheme"].startswith("PCQAT") and clustered.passed
+    # TFLite-Micro's lookup-table compression turns the clusters into flash saved, same predictions
+    mcu = json.loads(experiments.read_at(root, clustered.rev, "metrics/mcu.json"))
+    assert mcu["lut_test_agreement"] == 1.0 and mcu["lut_max_abs_diff"] == 0.0
+    assert mcu["lut_kernels"] >= 1 and mcu["lut_index_bits"] <= 3
+    assert mcu["lut_flash_bytes"] < mcu["flash_bytes"] and "model_int8_lut.tflite" in mcu["files"]
+    plain_mcu = json.loads(experiments.read_at(root, plain.rev, "metrics/mcu.json"))
+    assert "lut_flash_bytes" not in plain_mcu
 
 
 def test_sweep_records_a_parent_run_with_one_child_per_candidate_and_the_pareto_chart(swept):
