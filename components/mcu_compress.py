@@ -18,8 +18,7 @@ import numpy as np
 from tflite_micro.tensorflow.lite.micro import compression
 from tflite_micro.tensorflow.lite.micro.compression import spec
 
-from components.runtimes import litert_interpreter
-from components.weight_stats import WEIGHT_OPS
+from components.weight_stats import channel_values, int8_kernels
 
 MIN_BYTES = 512
 MAX_INDEX_BITS = 7  # the compressor's limit
@@ -27,28 +26,15 @@ MAX_INDEX_BITS = 7  # the compressor's limit
 
 def lut_compress(path: Path) -> tuple[bytes, dict[str, int]]:
     """The file with every eligible kernel LUT-compressed, and {kernels compressed, largest index bits}."""
-    interpreter = litert_interpreter(path, threads=1)
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
     builder, kernels, bits_used = compression.SpecBuilder(), 0, 0
-    for op in interpreter._get_ops_details():  # the weights are input 1 of these ops
-        if op["op_name"] not in WEIGHT_OPS or len(op["inputs"]) < 2:
-            continue
-        tensor = details.get(int(op["inputs"][1]))
-        if tensor is None or tensor["dtype"] != np.int8:
-            continue
-        weights = interpreter.get_tensor(tensor["index"])
+    for op_name, tensor, weights in int8_kernels(path):
         quant = tensor["quantization_parameters"]
-        per_channel = len(quant["scales"]) > 1 and op["op_name"] != "FULLY_CONNECTED"
-        axis = quant["quantized_dimension"]
-        if per_channel:
-            slices = np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1)
-            values = max(len(np.unique(s)) for s in slices)
-        else:
-            values = len(np.unique(weights))
+        per_channel = len(quant["scales"]) > 1 and op_name != "FULLY_CONNECTED"
+        values = channel_values(tensor, weights) if per_channel else len(np.unique(weights))
         bits = max(1, int(np.ceil(np.log2(values))))
         if bits > MAX_INDEX_BITS or weights.size < MIN_BYTES:
             continue
-        mode = spec.PerChannel(axis) if per_channel else spec.PerTensor()
+        mode = spec.PerChannel(quant["quantized_dimension"]) if per_channel else spec.PerTensor()
         builder.add_tensor(0, tensor["index"]).with_lut(index_bitwidth=bits, mode=mode)
         kernels, bits_used = kernels + 1, max(bits_used, bits)
     if kernels == 0:
