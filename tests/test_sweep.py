@@ -73,6 +73,19 @@ def test_waves_run_one_candidate_per_training_setting_first():
     assert len(plan.waves(plan.make_candidates("s", plan.grid({"prune.target_sparsity": [0.3, 0.6]})))) == 2
 
 
+def test_a_failed_candidate_is_explained_by_the_steps_own_error(tmp_path):
+    log = tmp_path / "c.log"
+    log.write_text(
+        "$ dvc exp run --temp -n s-1\nRunning stage 'train':\n"
+        "edgepipe error: data/raw: the model did not learn (val accuracy 0.21)\n"
+        "ERROR: failed to reproduce 'train': failed to run: edgepipe stage train, exited with 2\n"
+    )
+    said = "edgepipe error: data/raw: the model did not learn (val accuracy 0.21)"
+    assert experiments.last_error(log) == said
+    log.write_text("ERROR: failed to reproduce 'prepare': [Errno 2] No such file or directory\n")
+    assert experiments.last_error(log).startswith("ERROR: failed to reproduce 'prepare'")
+
+
 def with_budgets(target: str) -> Params:
     """The tiny params with the device's size gates (`auto`, as the shipped params.yaml has them)."""
     gates = {**TINY_PARAMS["gates"], "max_bytes": {"tflite_int8": "auto"}, "max_arena_bytes": "auto"}

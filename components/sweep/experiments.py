@@ -92,7 +92,7 @@ def commit_identity(root: Path) -> dict[str, str]:
 def last_error(log_file: Path) -> str:
     """The reason a candidate failed: edgepipe's own error line (what the step said), else DVC's."""
     lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
-    for marker in ("Error:", "ERROR:"):
+    for marker in ("edgepipe error:", "Error:", "ERROR:"):  # the step's own words first, then DVC's
         found = [line for line in lines if line.startswith(marker)]
         if found:
             return found[0]
