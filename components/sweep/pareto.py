@@ -74,7 +74,7 @@ def pareto_chart(
         axis.set_ylabel(f"test {score_name} (release file, LiteRT)")
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8, loc="lower right")
+            axis.legend(fontsize=8, loc="best")  # not over a point
     figure.suptitle(f"Sweep candidates for {target} (green: pass every gate; red: miss one)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
