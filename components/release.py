@@ -11,8 +11,6 @@ they will use to look at it.
 
 from __future__ import annotations
 
-import logging
-import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from components.atomic import read_json
 from components.config import Params
 from components.errors import EdgepipeError
 from components.formats import FORMATS, RELEASE_FORMAT, get_format
+from components.git_cli import fallback_identity, git
 from components.hashing import file_digest
 from components.paths import ProjectPaths
 from components.prepare import describe_data
@@ -39,11 +38,6 @@ from components.registry import (
 from components.results import SCORE_TAGS, ValidationReport
 from components.stages import STAGES
 from components.tracking import identity_tags, input_tags
-
-log = logging.getLogger(__name__)
-
-# Used only when the repository has no identity configured (a fresh container, a CI runner).
-FALLBACK_IDENTITY = ("edgepipe", "edgepipe@localhost")
 
 
 @dataclass(frozen=True)
@@ -156,18 +150,11 @@ def run_files(paths: ProjectPaths) -> tuple[Path, ...]:
     return tuple(files)
 
 
-def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise EdgepipeError(f"`git {' '.join(args)}` failed in {root}: {result.stderr.strip()}")
-    return result
-
-
 def _identity_args(root: Path) -> list[str]:
-    if git(root, "config", "user.email", check=False).returncode == 0:
+    identity = fallback_identity(root)
+    if identity is None:
         return []
-    name, email = FALLBACK_IDENTITY
-    log.warning("git has no user.email in %s; committing as %s <%s>", root, name, email)
+    name, email = identity
     return ["-c", f"user.name={name}", "-c", f"user.email={email}"]
 
 

@@ -17,14 +17,16 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.atomic import write_json
-from components.config import Params, load_params
+from components.config import load_params
 from components.errors import EdgepipeError
-from components.formats import get_format
+from components.formats import RELEASE_FORMAT, get_format
+from components.git_cli import git
 from components.latency import median_latency_ms
 from components.locking import one_run_at_a_time
 from components.paths import ProjectPaths
 from components.registry import check_reachable, tracking_uri
-from components.results import SCORE_NAMES, RunResult
+from components.report import table as markdown_table
+from components.results import RunResult
 from components.stages import check_params_sections
 from components.sweep import experiments, plan
 from components.sweep.decision import Outcome, best, best_without_budgets, judge, misses_text
@@ -107,7 +109,7 @@ def _sweep(params, params_file, root, space, search, trials, push, uri, logger) 
     out_dir = root / "sweeps" / sweep_id  # not reports/: that folder is the report step's DVC output
     ingest(params, root)
     experiments.stage_data_pointer(root, paths.raw_dir(params.data))
-    baseline = experiments.git(root, "rev-parse", "HEAD").stdout.strip()
+    baseline = git(root, "rev-parse", "HEAD").stdout.strip()
 
     description = f"{search} over " + ", ".join(f"{k} in {v}" for k, v in space.items())
     parent_id = open_parent(
@@ -155,15 +157,17 @@ def _sweep(params, params_file, root, space, search, trials, push, uri, logger) 
         else:
             outcomes = run_batch(plan.grid(space))
         chosen, unconstrained = best(outcomes), best_without_budgets(outcomes)
-        score_name = SCORE_NAMES[_report_task(params)]
+        # what the score measures, as the candidates' validation reports say (top-1, mAP@0.5, centroid F1)
+        score_name = next((o.score_name for o in outcomes if o.score_name), "score")
         budgets = {
-            "flash_bytes": params.gates.bytes_for("tflite_int8"),
+            "flash_bytes": params.gates.bytes_for(RELEASE_FORMAT),
             "arena_bytes": params.gates.max_arena_bytes,
             "latency_ms": get_profile(params.target).latency_ms,
         }
         chart = pareto_chart(outcomes, params.target, budgets, score_name, chosen, out_dir / "pareto.png")
         table = out_dir / "sweep.md"
-        table.write_text(summary_markdown(sweep_id, outcomes, chosen, unconstrained, score_name))
+        summary = summary_markdown(sweep_id, outcomes, chosen, unconstrained, score_name)
+        table.write_text(summary)
         write_json(out_dir / "sweep.json", [outcome_json(o) for o in outcomes])
     except BaseException as error:
         close_parent(uri, parent_id, {}, [], f"{description}\n\nFailed: {error}", failed=True)
@@ -177,10 +181,10 @@ def _sweep(params, params_file, root, space, search, trials, push, uri, logger) 
         parent_id,
         metrics,
         [chart, table, out_dir / "sweep.json"],
-        table.read_text(),
+        summary,
         failed=chosen is None,
     )
-    create_markdown_artifact(key="edgepipe-sweep", markdown=table.read_text(), description=sweep_id)
+    create_markdown_artifact(key="edgepipe-sweep", markdown=summary, description=sweep_id)
     result = SweepResult(
         sweep_id, outcomes, chosen, unconstrained, parent_id, baseline, chart, table, seconds
     )
@@ -200,12 +204,6 @@ def _sweep(params, params_file, root, space, search, trials, push, uri, logger) 
 
     MlflowClient(uri).set_tag(run.registration.run_id, SWEEP_TAG, sweep_id)
     return replace(result, seconds=time.monotonic() - started, release=run)
-
-
-def _report_task(params: Params) -> str:
-    if params.task == "detection" and params.model.head == "fomo":
-        return "fomo"
-    return params.task
 
 
 GATES = ("flash", "arena", "latency", "accuracy", "runtimes")  # the table's pass/fail columns
@@ -247,10 +245,8 @@ def summary_markdown(
     sweep_id: str, outcomes: list[Outcome], chosen: Outcome | None, unconstrained: Outcome | None, score: str
 ) -> str:
     rows = candidate_rows(outcomes)
-    columns = list(rows[0]) if rows else []
     lines = [f"# {sweep_id}", "", f"score: test {score} of the release int8 file in LiteRT", ""]
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+    lines += markdown_table(tuple(rows[0]) if rows else (), rows)
     lines.append("")
     lines.append(decision_text(chosen, unconstrained, outcomes))
     return "\n".join(lines) + "\n"

@@ -13,12 +13,13 @@ from components.results import ValidationReport
 from components.sweep.plan import Candidate
 from components.targets import get_profile
 
+_MARKERS = {cause: markers for cause, _, markers in FAILURE_CAUSES}  # components.gates' failure groups
 # the decision's columns: a gate group and the `gates.` keys whose failures belong to it
 GATE_COLUMNS = {
     "flash": ("gates.max_bytes",),
     "arena": ("gates.max_arena_bytes",),
-    "accuracy": dict((c[0], c[2]) for c in FAILURE_CAUSES)["optimisation"],
-    "runtimes": dict((c[0], c[2]) for c in FAILURE_CAUSES)["runtime"],
+    "accuracy": _MARKERS["optimisation"],
+    "runtimes": _MARKERS["runtime"],
 }
 
 
@@ -38,13 +39,18 @@ class Outcome:
     gzip_bytes: int | None = None
     arena_bytes: int | None = None  # TFLite-Micro's tensor arena of the release file
     latency_ms: float | None = None  # the profile's latency cell, measured alone on this machine
-    latency_cell: tuple[str, str] = (RELEASE_FORMAT, "litert")
+    score_name: str | None = None  # what `score` measures (the report's: top-1, mAP@0.5, centroid F1)
     checks: dict[str, bool | None] = field(default_factory=dict)
     misses: list[str] = field(default_factory=list)  # each budget or gate missed, with the measured value
 
     @property
     def name(self) -> str:
         return self.candidate.name
+
+    @property
+    def latency_cell(self) -> tuple[str, str]:
+        """(format, runtime) whose latency `latency_ms` is: the target profile's."""
+        return get_profile(self.target).latency_cell
 
     @property
     def passed(self) -> bool:
@@ -73,13 +79,12 @@ def judge(
     """The outcome of one candidate: its report's gate failures sorted into the columns, plus the
     profile's latency budget (which the sweep measures: validate runs its runtimes side by side)."""
     profile = get_profile(params.target)
-    outcome = Outcome(
-        candidate, params.target, rev, error, seconds, reused, latency_cell=profile.latency_cell
-    )
+    outcome = Outcome(candidate, params.target, rev, error, seconds, reused)
     if report is None:
         outcome.misses = [f"did not finish: {error}"]
         return outcome
     release = report.artifacts.get(RELEASE_FORMAT)
+    outcome.score_name = report.score_name
     outcome.float_score = report.float_accuracy
     outcome.score = report.accuracy(RELEASE_FORMAT, "litert")
     outcome.flash_bytes = release.bytes if release else None

@@ -14,12 +14,14 @@ import json
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from components.errors import EdgepipeError
+from components.git_cli import fallback_identity, git
 from components.results import ValidationReport
 from components.sweep.plan import Candidate
 
@@ -34,10 +36,6 @@ class ExperimentRun:
     reused: tuple[str, ...] = ()  # steps DVC restored (run cache) instead of running
 
 
-def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=check)
-
-
 def stage_data_pointer(root: Path, data_dir: Path) -> None:
     """`git add` the data folder's .dvc file, so experiments (made from HEAD plus staged changes) see it."""
     pointer = Path(f"{data_dir}.dvc")
@@ -47,8 +45,6 @@ def stage_data_pointer(root: Path, data_dir: Path) -> None:
 
 def run_experiment(root: Path, candidate: Candidate, log_dir: Path) -> ExperimentRun:
     """Run one candidate as a DVC experiment in a temporary copy; its output goes to `log_dir/NAME.log`."""
-    import time
-
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{candidate.name}.log"
     command = ["dvc", "exp", "run", "--temp", "-n", candidate.name, *candidate.set_args()]
@@ -76,11 +72,10 @@ REUSED = re.compile(r"^Stage '(\w+)' (?:is cached - skipping run|didn't change, 
 
 def commit_identity(root: Path) -> dict[str, str]:
     """DVC commits each experiment and refuses without a git identity: the release's fallback one then."""
-    if git(root, "config", "user.email", check=False).returncode == 0:
+    identity = fallback_identity(root)
+    if identity is None:
         return {}
-    from components.release import FALLBACK_IDENTITY
-
-    name, email = FALLBACK_IDENTITY
+    name, email = identity
     return {
         "GIT_AUTHOR_NAME": name,
         "GIT_AUTHOR_EMAIL": email,

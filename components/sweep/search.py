@@ -5,8 +5,8 @@ its earlier outcome is told instead."""
 
 from __future__ import annotations
 
-import itertools
 import logging
+import math
 import warnings
 from collections.abc import Callable
 
@@ -36,7 +36,7 @@ def optuna_search(
         seed=seed, constraints_func=_constraints, n_startup_trials=batch_size
     )
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    size = len(list(itertools.product(*space.values())))
+    size = math.prod(len(values) for values in space.values())  # settings in the space
     done: dict[str, Outcome] = {}
     outcomes: list[Outcome] = []
     asked = 0
