@@ -32,7 +32,8 @@ def quantization_aware(pruned: object, clustered: bool = False) -> object:
 
 
 def load_qat_model(pruned_model: Path, qat_weights: Path, clustered: bool = False) -> object:
-    """The fine-tuned QAT model: the PQAT wrapping of the pruned model with the saved weights.
+    """The fine-tuned QAT model: the PQAT (PCQAT when `clustered`) wrapping of the pruned model with the
+    saved weights.
 
     Only weights are saved because tf-keras cannot reload a quantize-wrapped .keras file, and wrapping
     is slow (tfmot clones the model four times: 18 s for MobileNetV2), so the process keeps the model of
