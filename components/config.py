@@ -283,8 +283,9 @@ TASK_BUNDLED_DATA = {task: values["data.bundled_if_empty"] for task, values in T
 
 def _device_budgets(raw: dict, task: str) -> dict:
     """`target: auto` (or unset) becomes the task's device (components/targets.py: an OpenMV H7 for a
-    classifier; a detector's int8 file, about 380 KB, needs an H7 Plus), and the `auto` size gates that
-    device's budgets: `gates.max_bytes.<format>` its model flash, `gates.max_arena_bytes` its arena."""
+    classifier; a detector's int8 file, about 380 KB, needs an H7 Plus), and the `auto` gates that
+    device's budgets: `gates.max_bytes.<format>` its model flash, `gates.max_arena_bytes` its arena,
+    `gates.max_latency_ms` its latency."""
     from components.targets import DEFAULT_TARGETS, get_profile, profile_names  # not a stage dependency
 
     target = raw.get("target", "auto")
@@ -302,6 +303,8 @@ def _device_budgets(raw: dict, task: str) -> dict:
         gates["max_bytes"] = {k: v for k, v in sizes.items() if v is not None}  # None: no limit
     if gates.get("max_arena_bytes") == "auto":
         gates["max_arena_bytes"] = profile.arena_bytes
+    if gates.get("max_latency_ms") == "auto":
+        gates["max_latency_ms"] = profile.latency_ms
     return {**resolved, "gates": gates}
 
 

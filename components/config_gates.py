@@ -33,6 +33,8 @@ class GatesConfig(Section):
     min_runtime_agreement: Threshold = 0.97
     max_bytes: dict[str, Annotated[int, Field(ge=1)]] = {}  # per format, file size
     max_arena_bytes: int | None = Field(None, ge=1, description="TFLite-Micro tensor arena, int8 .tflite")
+    # median batch-1 ms of the target's main file on this machine, checked by the flow before a release
+    max_latency_ms: float | None = Field(None, gt=0)
 
     @field_validator("max_accuracy_drop", "min_agreement", mode="before")
     @classmethod

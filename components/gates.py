@@ -22,10 +22,22 @@ def verdict(
     artifacts: dict[str, Artifact],
     cells: list[Cell],
     score_name: str = "accuracy",
+    deployed: tuple[tuple[str, str], ...] = (),
 ) -> GateVerdict:
     """What every task's validate ends with: each cell's status set, every failure listed (and logged),
-    with the gate settings in force. `score_name`: what the cells' `accuracy` measures."""
+    with the gate settings in force. `score_name`: what the cells' `accuracy` measures; `deployed`: the
+    (format, runtime) cells the target device runs (components/targets.py), required whatever the
+    registry says."""
+    for cell in cells:
+        cell.required = cell.required or (cell.format, cell.runtime) in deployed
     failures = gate_failures(gates, float_score, artifacts, cells, score_name)
+    validated = {(cell.format, cell.runtime) for cell in cells}
+    failures += [
+        f"{fmt} on {runtime}: not in the validation matrix, and the target device deploys it "
+        "(components/targets.py)"
+        for fmt, runtime in deployed
+        if (fmt, runtime) not in validated
+    ]
     for cell in cells:
         cell.status = cell_status(cell, gates, float_score, score_name)
     for failure in failures:
@@ -94,14 +106,30 @@ def cell_failures(
     return failures
 
 
+def latency_failure(gates: GatesConfig, cell: tuple[str, str], latency_ms: float) -> str | None:
+    """The latency gate: the target's main file, timed alone on this machine (components/latency.py)."""
+    limit = gates.max_latency_ms
+    if limit is None or latency_ms <= limit:
+        return None
+    fmt, runtime = cell
+    return f"{fmt} on {runtime}: median latency {latency_ms:.3f} ms > gates.max_latency_ms {limit:g}"
+
+
 # Gate failures by cause, in the order to look at them: each failure names its gate, which says its cause.
 FAILURE_CAUSES = (
     ("size", "The model does not fit the device", ("gates.max_bytes", "gates.max_arena_bytes")),
+    ("latency", "The model is too slow for the device (build-machine proxy)", ("gates.max_latency_ms",)),
     ("optimisation", "Pruning or quantization lost accuracy", ("gates.max_accuracy_drop",)),
     (
         "runtime",
         "A runtime or a conversion computes something other than the model it was made from",
-        ("could not run", "gates.max_logit_error", "gates.min_agreement", "gates.min_runtime_agreement"),
+        (
+            "could not run",
+            "not in the validation matrix",
+            "gates.max_logit_error",
+            "gates.min_agreement",
+            "gates.min_runtime_agreement",
+        ),
     ),
 )
 

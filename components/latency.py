@@ -7,16 +7,47 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from components.config import Params
+from components.formats import get_format
+from components.gates import latency_failure
 from components.runtimes import litert_interpreter, onnx_session, opencv_net
+from components.targets import get_profile
+
+
+@dataclass(frozen=True)
+class LatencyCheck:
+    cell: tuple[str, str]  # (format, runtime) timed: the target's main file
+    median_ms: float
+    failure: str | None  # the gate's failure, None: within gates.max_latency_ms or no budget
+
+    def text(self, budget_ms: float | None) -> str:
+        fmt, runtime = self.cell
+        limit = "no budget" if budget_ms is None else f"gates.max_latency_ms {budget_ms:g}"
+        return f"{fmt} on {runtime} {self.median_ms:.3f} ms (median, this machine; {limit})"
+
+    def metrics(self) -> dict:
+        fmt, runtime = self.cell
+        return {"latency_ms": self.median_ms, "latency_cell": f"{fmt} on {runtime}"}
+
+
+def check_latency(params: Params, export_dir: Path) -> LatencyCheck:
+    """The target's main file timed alone, against gates.max_latency_ms. Run by the flow after the steps,
+    not by `validate`: a time depends on what else shares the cores, which a DVC stage's cached output
+    must not (a sweep runs candidates side by side and times them one by one afterwards)."""
+    cell = get_profile(params.target).latency_cell
+    fmt = get_format(cell[0], params.task, params.model.head)
+    ms = median_latency_ms(cell[1], fmt.path(export_dir), params.benchmark.threads)
+    return LatencyCheck(cell, ms, latency_failure(params.gates, cell, ms))
 
 
 def median_latency_ms(runtime: str, path: Path, threads: int = 2, warmup: int = 20, runs: int = 200) -> float:
     """Median milliseconds of one inference on a zero image, `threads` threads; runtime: litert for a
-    .tflite, opencv_dnn or onnxruntime for an .onnx."""
+    .tflite, opencv_dnn (or opencv_dnn:classic / :new, an OpenCV 5 engine) or onnxruntime for an .onnx."""
     invoke = _invoker(runtime, Path(path), threads)
     for _ in range(warmup):
         invoke()
@@ -29,6 +60,7 @@ def median_latency_ms(runtime: str, path: Path, threads: int = 2, warmup: int = 
 
 
 def _invoker(runtime: str, path: Path, threads: int):
+    runtime, _, engine = runtime.partition(":")
     if runtime == "litert":
         interpreter = litert_interpreter(path, threads)
         inp = interpreter.get_input_details()[0]
@@ -41,7 +73,7 @@ def _invoker(runtime: str, path: Path, threads: int):
         name = session.get_inputs()[0].name
         return lambda: session.run(None, {name: image})
     if runtime == "opencv_dnn":
-        net = opencv_net(path, threads)
+        net = opencv_net(path, threads, engine or None)
 
         def forward():
             net.setInput(image)

@@ -137,6 +137,8 @@ def run_metrics(stage_results: dict[str, dict]) -> dict[str, float]:
     for key in ("val_accuracy", "val_map_50", "val_map_50_95"):
         if key in train:
             metrics[f"float_{key}"] = train[key]
+    if "latency" in stage_results:  # the flow's timing of the target's main file
+        metrics["latency_ms"] = stage_results["latency"]["latency_ms"]
     if "openmv_input_error_steps" in mcu:  # the classifier's OpenMV input check
         metrics["mcu.openmv_input_error_steps"] = mcu["openmv_input_error_steps"]
     return metrics

@@ -149,3 +149,4 @@ class RunResult:
     pushed: int | None  # files sent to the DVC remote; None: not asked to push
     report_file: str
     data: dict  # the prepare step's description of the data (metrics/prepare.json)
+    latency: str | None = None  # the flow's timing of the target's main file; None: the release was current

@@ -30,6 +30,7 @@ from components.paths import ProjectPaths
 from components.qat import load_qat_model
 from components.results import Artifact, Cell, ValidationReport
 from components.runtimes import open_runner, tflm_arena_bytes
+from components.targets import get_profile
 from components.weight_stats import values_per_channel
 
 
@@ -44,9 +45,11 @@ def validate(
     predictions_out: Path,
     map_fn: Callable = map,
     clustered: bool = False,
+    deployed: tuple[tuple[str, str], ...] = (),
 ) -> ValidationReport:
     """`map_fn(fn, formats)` runs the per-format work: the built-in `map` in order, or a Prefect task
-    runner's fan-out (flows.pipeline); the results are the same either way, in registry order."""
+    runner's fan-out (flows.pipeline); the results are the same either way, in registry order.
+    `deployed`: the target device's (format, runtime) cells, required whatever the registry says."""
     x_test, y_test = load_split(prepared_dir, "test")
     keras_float = load_model(float_model)
     source_logits = {
@@ -80,7 +83,7 @@ def validate(
         parameters=parameters,
         artifacts=artifacts,
         cells=cells,
-        gates=verdict(gates, float_accuracy, artifacts, cells),
+        gates=verdict(gates, float_accuracy, artifacts, cells, deployed=deployed),
         # the float Keras model and the release file in LiteRT, class by class
         per_class={name: per_class_scores(y_test, pred, classes) for name, pred in per_model.items()},
         confusion={
@@ -233,4 +236,5 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
         paths.release_predictions,
         map_fn,
         clustered=params.prune.clusters is not None,
+        deployed=get_profile(params.target).deploys,
     )

@@ -117,7 +117,7 @@ def sweep(
 @app.command()
 def targets(markdown: bool = typer.Option(False, help="print the Markdown table the README holds")) -> None:
     """The device profiles `target:` in params.yaml names: the budgets the release must fit."""
-    from components.targets import PROFILES, latency_text, targets_markdown
+    from components.targets import PROFILES, deploys_text, latency_text, targets_markdown
 
     if markdown:
         typer.echo(targets_markdown(), nl=False)
@@ -129,7 +129,7 @@ def targets(markdown: bool = typer.Option(False, help="print the Markdown table 
             "model flash": "no limit" if p.flash_bytes is None else f"{p.flash_bytes:,} B",
             "TFLite-Micro arena": "no limit" if p.arena_bytes is None else f"{p.arena_bytes:,} B",
             "latency (build machine)": latency_text(p),
-            "runs the release in": ", ".join(p.runtimes),
+            "deploys (must pass its gates)": deploys_text(p),
         }
         for p in PROFILES
     ]

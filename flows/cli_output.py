@@ -56,6 +56,8 @@ def print_results(result: RunResult) -> None:
     )
     console.print(rich_table("Artifacts", ARTIFACT_COLUMNS, artifact_rows(report)))
     registration = result.registration
+    if result.latency:
+        console.print(f"Latency: {result.latency}")
     console.print(f"Release gates: {'passed' if report.passed else 'FAILED'}")
     console.print(f"Report: {result.report_file} (plots beside it)")
     model = f"MLflow model {registration.model_name} version {registration.version}"

@@ -23,6 +23,7 @@ from components.bundled_data import ensure_raw_data
 from components.config import Params, load_params
 from components.errors import EdgepipeError
 from components.gates import grouped_failures
+from components.latency import LatencyCheck, check_latency
 from components.locking import one_run_at_a_time
 from components.paths import ProjectPaths
 from components.prepare import describe_data
@@ -110,6 +111,12 @@ def register_task(
     )
 
 
+@task(name="latency")
+def latency_task(params: Params, root: Path) -> LatencyCheck:
+    """The target's latency gate: its main file timed alone on this machine (a proxy for the device)."""
+    return check_latency(params, ProjectPaths(root).export_dir)
+
+
 @task(name="dvc-push", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def push_task(root: Path) -> int:
     return versioning.push(root)
@@ -182,6 +189,12 @@ def _run_steps(
             tracking.log_prepared_data(paths, paths.raw_dir(params.data))
     data = read_json(paths.metrics_file("prepare"))
     report = ValidationReport.load(paths.validation_file)  # whether validate ran now or was skipped
+    latency = latency_task(params, root)
+    results["latency"] = latency.metrics()
+    logger.info("latency: %s", latency.text(params.gates.max_latency_ms))
+    if latency.failure:  # the report's gates are validate's; this one joins them for this run's decision
+        report.gates.failures.append(latency.failure)
+        report.gates.passed = False
 
     create_markdown_artifact(
         key="edgepipe-results",
@@ -211,4 +224,5 @@ def _run_steps(
     pushed = push_task(root) if push else None  # None: not asked to push
     registration = register(params, params_file, root, report, results, tracking.run_id)
     tracking.run_id = registration.run_id
-    return RunResult(report, registration, pushed, str(paths.report_file), data)
+    latency_line = latency.text(params.gates.max_latency_ms)
+    return RunResult(report, registration, pushed, str(paths.report_file), data, latency_line)

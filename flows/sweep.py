@@ -162,7 +162,7 @@ def _sweep(params, params_file, root, space, search, trials, push, uri, logger) 
         budgets = {
             "flash_bytes": params.gates.bytes_for(RELEASE_FORMAT),
             "arena_bytes": params.gates.max_arena_bytes,
-            "latency_ms": get_profile(params.target).latency_ms,
+            "latency_ms": params.gates.max_latency_ms,
         }
         chart = pareto_chart(outcomes, params.target, budgets, score_name, chosen, out_dir / "pareto.png")
         table = out_dir / "sweep.md"

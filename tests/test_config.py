@@ -126,6 +126,11 @@ def test_the_target_device_sets_the_size_gates_left_auto():
     assert mine.gates.max_arena_bytes == 1000 and mine.gates.max_bytes == {"tflite_int8": 3 * 1024 * 1024}
     pi = Params.model_validate(raw | {"target": "raspberry_pi_4"})
     assert pi.gates.max_bytes == {} and pi.gates.max_arena_bytes is None
+    assert pi.gates.max_latency_ms == 5.0 and shipped.gates.max_latency_ms is None  # the H7: no budget
+    faster = Params.model_validate(
+        raw | {"target": "desktop_opencv", "gates": raw["gates"] | {"max_latency_ms": 1}}
+    )
+    assert faster.gates.max_latency_ms == 1.0
 
 
 def test_a_params_file_without_target_is_told_to_add_target_auto(tmp_path):

@@ -372,6 +372,10 @@ def test_when_the_server_is_back_the_next_run_registers_exactly_once(outage, pre
         note_run(scenario, "run 2 (server up)", second)
         assert second.code == 0, second.stderr[-3000:]
         assert f"Registered MLflow model {MODEL} version 1, git tag {FIRST_TAG}" in second.stdout
+        # the flow's timing of the target's main file (an OpenMV H7: LiteRT's time, no budget)
+        printed = " ".join(second.stdout.split())
+        latency = r"Latency: tflite_int8 on litert [\d.]+ ms \(median, this machine; no budget\)"
+        assert re.search(latency, printed), printed
         versions = model_versions(uri)
         assert len(versions) == 1
         version = versions[0]

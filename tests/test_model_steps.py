@@ -340,6 +340,42 @@ def test_gates_fail_on_drop_disagreement_size_arena_and_load_errors():
     ]
 
 
+def test_the_target_device_makes_its_cells_required_and_gates_its_latency():
+    """A profile's `deploys` cells gate the release even where the registry only reports them, a cell it
+    deploys that the matrix lacks is a failure, and the latency gate names the file, runtime and budget."""
+    from components.gates import latency_failure, verdict
+    from components.targets import get_profile
+
+    def cell(fmt, runtime, required):
+        return Cell(
+            format=fmt, runtime=runtime, layout="NHWC", required=required, file=get_format(fmt).filename,
+            precision="int8", loaded=True, logit_error=0.0001, accuracy=0.5, agreement=0.5,
+        )  # fmt: skip
+
+    reported_only = [cell("onnx_int8", "opencv_dnn:new", required=False)]
+    assert verdict(GatesConfig(), 0.5, {}, reported_only).passed  # no target: reported only
+    deployed = (("onnx_int8", "opencv_dnn:new"), ("onnx_float32", "opencv_dnn:classic"))
+    gated = verdict(GatesConfig(), 0.5, {}, [cell("onnx_int8", "opencv_dnn:new", False)], deployed=deployed)
+    assert gated.failures == [
+        "onnx_int8 on opencv_dnn:new: agreement 0.5000 < gates.min_agreement 0.9",
+        "onnx_float32 on opencv_dnn:classic: not in the validation matrix, and the target device deploys it "
+        "(components/targets.py)",
+    ]
+    pi = get_profile("raspberry_pi_4")
+    assert pi.latency_cell == ("tflite_int8", "litert") and pi.precision == "int8"
+    assert get_profile("openmv_h7").latency_cell == ("tflite_int8", "litert")  # TFLite-Micro: timed in LiteRT
+    assert get_profile("desktop_opencv").precision == "float32"
+    budget = GatesConfig(max_latency_ms=5)
+    assert latency_failure(budget, pi.latency_cell, 4.9) is None
+    assert latency_failure(GatesConfig(), pi.latency_cell, 500.0) is None  # no budget
+    slow = latency_failure(budget, pi.latency_cell, 6.25)
+    assert slow == "tflite_int8 on litert: median latency 6.250 ms > gates.max_latency_ms 5"
+    assert (
+        grouped_failures([slow]).splitlines()[0]
+        == "The model is too slow for the device (build-machine proxy) (1):"
+    )
+
+
 def test_a_model_loaded_then_saved_in_a_worker_thread_is_still_a_keras_zip(tmp_path):
     """tf-keras' load_model leaves a thread-local flag that made a later .keras save in the same worker
     thread write HDF5 (a served Prefect run's prune step failed with BadZipFile)."""

@@ -8,6 +8,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -326,12 +327,15 @@ def test_clone_and_dvc_pull_return_byte_identical_artifacts(first_run):
 
 
 def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_path):
-    """A release gate set below the measured arena: the run still logs everything to MLflow, names the
-    gate and the measured value, registers nothing and pushes nothing."""
+    """Release gates set below the measured arena and latency (a Raspberry Pi target with a 1 µs budget):
+    the run still logs everything to MLflow, names each gate and the measured value, registers nothing
+    and pushes nothing."""
     root = tmp_path / "gated"
     shutil.copytree(first_run["root"], root, symlinks=True)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["gates"]["max_arena_bytes"] = 1000
+    params["target"] = "raspberry_pi_4"  # its cells (LiteRT, OpenCV's ONNX) pass on this model
+    params["gates"]["max_latency_ms"] = 0.001
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     client = MlflowClient(first_run["uri"])
     versions_before = client.search_model_versions("name = 'tiny-patterns'")
@@ -347,6 +351,8 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
     message = str(state.result(raise_on_failure=False))
     assert "release gates failed, nothing registered or pushed" in message
     assert "tflite_int8 on tflm: tensor arena" in message and "> gates.max_arena_bytes 1000" in message
+    assert re.search(r"tflite_int8 on litert: median latency [\d.]+ ms > gates.max_latency_ms 0.001", message)
+    assert "The model is too slow for the device (build-machine proxy) (1):" in message
     versions_after = client.search_model_versions("name = 'tiny-patterns'")
     assert [v.version for v in versions_after] == [v.version for v in versions_before]
     # validate and report re-ran (a gate is a param of theirs) and wrote new files: none reached the remote
@@ -361,6 +367,8 @@ def test_a_failing_gate_blocks_registration_and_says_which_gate(first_run, tmp_p
     assert runs[0].data.tags["mlflow.note.content"].startswith("**Failed**:\n\n> release gates failed")
     assert runs[0].data.metrics["gates_passed"] == 0.0
     assert "gates.max_arena_bytes 1000" in runs[0].data.tags["gate_failures"]
+    assert "gates.max_latency_ms 0.001" in runs[0].data.tags["gate_failures"]
+    assert 0 < runs[0].data.metrics["latency_ms"] < 1000
     assert "registered_version" not in runs[0].data.tags
     report = yaml.safe_load((root / "metrics" / "validation.json").read_text())
     assert not report["gates"]["passed"]

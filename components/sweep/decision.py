@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from components.config import Params
 from components.formats import RELEASE_FORMAT
-from components.gates import FAILURE_CAUSES
+from components.gates import FAILURE_CAUSES, latency_failure
 from components.results import ValidationReport
 from components.sweep.plan import Candidate
 from components.targets import get_profile
@@ -77,7 +77,7 @@ def judge(
     reused: tuple[str, ...] = (),
 ) -> Outcome:
     """The outcome of one candidate: its report's gate failures sorted into the columns, plus the
-    profile's latency budget (which the sweep measures: validate runs its runtimes side by side)."""
+    latency gate (the sweep times each candidate alone after they ran side by side)."""
     profile = get_profile(params.target)
     outcome = Outcome(candidate, params.target, rev, error, seconds, reused)
     if report is None:
@@ -102,16 +102,15 @@ def judge(
         outcome.checks["flash"] = None
     if params.gates.max_arena_bytes is None and outcome.checks["arena"]:
         outcome.checks["arena"] = None
-    if profile.latency_ms is None or latency_ms is None:
+    if params.gates.max_latency_ms is None or latency_ms is None:
         outcome.checks["latency"] = None
     else:
-        outcome.checks["latency"] = latency_ms <= profile.latency_ms
-        if latency_ms > profile.latency_ms:
-            fmt, runtime = profile.latency_cell
+        miss = latency_failure(params.gates, profile.latency_cell, latency_ms)
+        outcome.checks["latency"] = miss is None
+        if miss:
+            excess = latency_ms - params.gates.max_latency_ms
             outcome.misses.append(
-                f"latency: {fmt} on {runtime} {latency_ms:.3f} ms > {profile.name}'s "
-                f"{profile.latency_ms:g} ms by {latency_ms - profile.latency_ms:.3f} ms "
-                f"({latency_ms / profile.latency_ms - 1:+.0%})"
+                f"{miss}: over by {excess:.3f} ms ({latency_ms / params.gates.max_latency_ms - 1:+.0%})"
             )
     return outcome
 

@@ -24,6 +24,7 @@ from components.paths import ProjectPaths
 from components.qat import load_qat_model
 from components.results import SCORE_NAMES, Cell, ValidationReport
 from components.runtimes import open_runner
+from components.targets import get_profile
 from components.tasks.detection.fomo import (
     Centroid,
     centroid_agreement,
@@ -96,7 +97,14 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
         parameters=parameters,
         artifacts=artifacts,
         cells=cells,
-        gates=verdict(params.gates, float_scores["f1"], artifacts, cells, SCORE_NAMES["fomo"]),
+        gates=verdict(
+            params.gates,
+            float_scores["f1"],
+            artifacts,
+            cells,
+            SCORE_NAMES["fomo"],
+            deployed=get_profile(params.target).deploys,
+        ),
         per_class={"float": float_scores["per_class"]}
         | (
             {"release": centroid_metrics(truth, release_found, info.classes, fomo.max_distance)["per_class"]}

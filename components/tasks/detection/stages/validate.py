@@ -28,6 +28,7 @@ from components.model import load_model
 from components.paths import ProjectPaths
 from components.qat import load_qat_model
 from components.results import Cell, ValidationReport
+from components.targets import get_profile
 from components.tasks.detection.anchors import iou
 from components.tasks.detection.decode import Detections, NmsSettings
 from components.tasks.detection.metrics import GroundTruth, agreement, coco_map
@@ -90,7 +91,9 @@ def run_stage(params: Params, paths: ProjectPaths, map_fn: Callable = map) -> Va
         parameters=parameters,
         artifacts=artifacts,
         cells=cells,
-        gates=verdict(params.gates, float_map, artifacts, cells, SCORE),
+        gates=verdict(
+            params.gates, float_map, artifacts, cells, SCORE, deployed=get_profile(params.target).deploys
+        ),
         per_class={
             name: {c: {"ap_50": ap} for c, ap in scores["ap_50"].items()}
             for name, (_, scores) in per_model.items()
