@@ -201,7 +201,14 @@ def _executable(name: str) -> str:
 
 
 def _start(
-    name: str, cmd: list[str], env: dict, log_file: Path, url: str, health_url: str, port: int
+    name: str,
+    cmd: list[str],
+    env: dict,
+    log_file: Path,
+    url: str,
+    health_url: str,
+    port: int,
+    cwd: Path | None = None,
 ) -> Server:
     """The server under a supervisor in a session of its own: a terminal's Ctrl-C reaches serve only, which
     stops the servers in order; the supervisor stops them if serve dies without doing so."""
@@ -219,7 +226,7 @@ def _start(
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
             [*supervised, *cmd],
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=cwd or Path(__file__).resolve().parents[1],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -229,19 +236,23 @@ def _start(
     return Server(name, url, health_url, process, log_file, port)
 
 
-def start_prefect_server(host: str, port: int, state_dir: Path) -> Server:
-    """`prefect server start` with its SQLite database in `state_dir` (the server's own services run the
+def start_prefect_server(host: str, port: int, state_dir: Path, database_url: str | None = None) -> Server:
+    """`prefect server start` with its SQLite database in `state_dir`, or on `database_url` (a
+    postgresql+asyncpg:// URL, given in the environment only) (the server's own services run the
     schedules and the automations that turn events into runs)."""
+    from flows.stack import prefect_server_env
+
     env = {
         **os.environ,
         "PREFECT_HOME": str(state_dir / "prefect-home"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{state_dir / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true"),
         # The UI calls the API at this URL; without it the UI calls :4200 whatever port the server has.
-        "PREFECT_UI_API_URL": os.environ.get("PREFECT_UI_API_URL")
-        or f"http://{_public_host(host)}:{port}/api",
+        **prefect_server_env(
+            database_url or f"sqlite+aiosqlite:///{state_dir / 'prefect.db'}",
+            os.environ.get("PREFECT_UI_API_URL") or f"http://{_public_host(host)}:{port}/api",
+        ),
     }
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # the older name of the same setting
     env.pop("PREFECT_API_URL", None)
     cmd = [_executable("prefect"), "server", "start", "--host", host, "--port", str(port)]
     base = f"http://{host}:{port}"
@@ -249,18 +260,27 @@ def start_prefect_server(host: str, port: int, state_dir: Path) -> Server:
     return _start("prefect server", cmd, env, log_file, f"{base}/api", f"{base}/api/health", port)
 
 
-def start_mlflow_server(host: str, port: int, root: Path, log_dir: Path) -> Server:
+def start_mlflow_server(
+    host: str,
+    port: int,
+    root: Path,
+    log_dir: Path,
+    backend_uri: str | None = None,
+    artifacts_dir: Path | None = None,
+) -> Server:
     """`mlflow server` on the project's own store (the sqlite:///mlflow.db `edgepipe run` uses without a
-    server), artifacts served by the server from mlartifacts/, one worker. Without MLflow's job execution:
-    MLflow 3 otherwise starts seven huey consumer processes (for GenAI evaluation jobs edgepipe never
-    submits), each importing MLflow, which took the CPU from pipeline runs on a 2-core machine."""
+    server) or on `backend_uri` (a postgresql:// URL, given in the environment only), artifacts served by
+    the server from `artifacts_dir` (default: the project's mlartifacts/), one worker. Without MLflow's
+    job execution: MLflow 3 otherwise starts seven huey consumer processes (for GenAI evaluation jobs
+    edgepipe never submits), each importing MLflow, which took the CPU from pipeline runs on a 2-core
+    machine."""
+    from flows.stack import mlflow_server_env
+
     cmd = [
         _executable("mlflow"),
         "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination",
-        str(root / "mlartifacts"),
+        str(artifacts_dir or root / "mlartifacts"),
         "--host",
         host,
         "--port",
@@ -270,7 +290,12 @@ def start_mlflow_server(host: str, port: int, root: Path, log_dir: Path) -> Serv
     ]
     base = f"http://{host}:{port}"
     log_file = log_dir / "mlflow-server.log"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        # the backend store by its environment variable: a password stays off the command line
+        **mlflow_server_env(backend_uri or f"sqlite:///{root / 'mlflow.db'}"),
+    }
     return _start("mlflow server", cmd, env, log_file, base, f"{base}/health", port)
 
 
