@@ -79,17 +79,28 @@ def test_both_servers_keep_their_state_in_postgresql(stack):
 
 def test_two_workers_poll_the_pool(stack):
     import json
+    import time
     import urllib.request
 
     running = stack["stack"]
-    request = urllib.request.Request(
-        f"{running.prefect.url}/work_pools/{POOL}/workers/filter",
-        data=b"{}",
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        workers = {w["name"] for w in json.loads(response.read())}
+
+    def registered() -> set[str]:
+        request = urllib.request.Request(
+            f"{running.prefect.url}/work_pools/{POOL}/workers/filter",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return {w["name"] for w in json.loads(response.read())}
+
+    # a worker answers its health URL before its first poll registers it with the pool (slower under load)
+    deadline = time.monotonic() + 120
+    while (workers := registered()) != {
+        "edgepipe-worker-1",
+        "edgepipe-worker-2",
+    } and time.monotonic() < deadline:
+        time.sleep(1)
     assert workers == {"edgepipe-worker-1", "edgepipe-worker-2"}
 
 
