@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from components.config import Params
-from components.formats import get_format
+from components.formats import ExportFormat, get_format
 from components.gates import latency_failure
 from components.runtimes import litert_interpreter, onnx_session, opencv_net
 from components.targets import get_profile
@@ -23,26 +24,25 @@ from components.targets import get_profile
 class LatencyCheck:
     cell: tuple[str, str]  # (format, runtime) timed: the target's main file
     median_ms: float
-    failure: str | None  # the gate's failure, None: within gates.max_latency_ms or no budget
+    budget_ms: float | None  # gates.max_latency_ms in force; None: no budget
+    failure: str | None  # the gate's failure, None: within the budget or no budget
 
-    def text(self, budget_ms: float | None) -> str:
+    @property
+    def text(self) -> str:
         fmt, runtime = self.cell
-        limit = "no budget" if budget_ms is None else f"gates.max_latency_ms {budget_ms:g}"
+        limit = "no budget" if self.budget_ms is None else f"gates.max_latency_ms {self.budget_ms:g}"
         return f"{fmt} on {runtime} {self.median_ms:.3f} ms (median, this machine; {limit})"
 
-    def metrics(self) -> dict:
-        fmt, runtime = self.cell
-        return {"latency_ms": self.median_ms, "latency_cell": f"{fmt} on {runtime}"}
 
-
-def check_latency(params: Params, export_dir: Path) -> LatencyCheck:
-    """The target's main file timed alone, against gates.max_latency_ms. Run by the flow after the steps,
+def check_latency(params: Params, path_of: Callable[[ExportFormat], Path]) -> LatencyCheck:
+    """The target's main file timed alone, against gates.max_latency_ms; `path_of(format)`: where the file
+    is (the export folder, or a sweep candidate's output in DVC's cache). Run by the flow after the steps,
     not by `validate`: a time depends on what else shares the cores, which a DVC stage's cached output
     must not (a sweep runs candidates side by side and times them one by one afterwards)."""
     cell = get_profile(params.target).latency_cell
     fmt = get_format(cell[0], params.task, params.model.head)
-    ms = median_latency_ms(cell[1], fmt.path(export_dir), params.benchmark.threads)
-    return LatencyCheck(cell, ms, latency_failure(params.gates, cell, ms))
+    ms = median_latency_ms(cell[1], path_of(fmt), params.benchmark.threads)
+    return LatencyCheck(cell, ms, params.gates.max_latency_ms, latency_failure(params.gates, cell, ms))
 
 
 def median_latency_ms(runtime: str, path: Path, threads: int = 2, warmup: int = 20, runs: int = 200) -> float:

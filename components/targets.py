@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from components.formats import get_format
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -40,8 +42,6 @@ class DeviceProfile:
 
     @property
     def precision(self) -> str:
-        from components.formats import get_format
-
         return get_format(self.deploys[0][0]).precision
 
 

@@ -12,13 +12,13 @@ import glob
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
+
+import psutil
 
 from components.errors import EdgepipeError
 
@@ -140,11 +140,10 @@ class LocalPostgres:
     def kill(self) -> None:
         """SIGKILL the postmaster (a crash, for fault tests); `start` recovers from the WAL."""
         pid = self.postmaster_pid()
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.1)
+        if pid and psutil.pid_exists(pid):
+            postmaster = psutil.Process(pid)
+            postmaster.kill()
+            postmaster.wait(timeout=10)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser; the SQL (and any password in it) goes on stdin."""
@@ -175,11 +174,3 @@ class LocalPostgres:
         except EdgepipeError:
             pass
         shutil.rmtree(self.base, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False

@@ -23,6 +23,30 @@ from flows.supervisor import terminate_then_kill
 
 SERVERS_FILE = "servers.json"  # in .edgepipe/: what the running `edgepipe serve` started
 
+# The environment of each server process, defined once: `edgepipe serve`, the team stack (flows/stack.py)
+# and docker/compose.yaml use these names (tests/test_stack.py checks the compose file).
+POOL = "edgepipe"
+PREFECT_DATABASE_VAR = "PREFECT_SERVER_DATABASE_CONNECTION_URL"  # Prefect 3's name for the server's database
+MLFLOW_DATABASE_VAR = "MLFLOW_BACKEND_STORE_URI"  # `mlflow server --backend-store-uri`'s variable
+# one run per worker at a time: a run trains with TensorFlow on every core
+WORKER_ARGS = ("worker", "start", "--pool", POOL, "--type", "process", "--limit", "1", "--with-healthcheck")
+
+
+def prefect_server_env(database_url: str, ui_api_url: str) -> dict[str, str]:
+    return {
+        PREFECT_DATABASE_VAR: database_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": ui_api_url,  # the URL the browser's UI calls
+    }
+
+
+def mlflow_server_env(database_url: str) -> dict[str, str]:
+    return {MLFLOW_DATABASE_VAR: database_url}
+
+
+def worker_env(api_url: str, tracking_uri: str) -> dict[str, str]:
+    return {"PREFECT_API_URL": api_url, "MLFLOW_TRACKING_URI": tracking_uri}
+
 
 @dataclass
 class Server:
@@ -191,7 +215,7 @@ def check_port_free(host: str, port: int, option: str) -> None:
     )
 
 
-def _executable(name: str) -> str:
+def executable(name: str) -> str:
     """The console script next to this interpreter (the venv's), else on PATH."""
     beside = Path(sys.executable).with_name(name)
     found = str(beside) if beside.exists() else shutil.which(name)
@@ -200,7 +224,7 @@ def _executable(name: str) -> str:
     return found
 
 
-def _start(
+def start_supervised(
     name: str,
     cmd: list[str],
     env: dict,
@@ -240,8 +264,6 @@ def start_prefect_server(host: str, port: int, state_dir: Path, database_url: st
     """`prefect server start` with its SQLite database in `state_dir`, or on `database_url` (a
     postgresql+asyncpg:// URL, given in the environment only) (the server's own services run the
     schedules and the automations that turn events into runs)."""
-    from flows.stack import prefect_server_env
-
     env = {
         **os.environ,
         "PREFECT_HOME": str(state_dir / "prefect-home"),
@@ -254,10 +276,10 @@ def start_prefect_server(host: str, port: int, state_dir: Path, database_url: st
     }
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # the older name of the same setting
     env.pop("PREFECT_API_URL", None)
-    cmd = [_executable("prefect"), "server", "start", "--host", host, "--port", str(port)]
+    cmd = [executable("prefect"), "server", "start", "--host", host, "--port", str(port)]
     base = f"http://{host}:{port}"
     log_file = state_dir / "logs" / "prefect-server.log"
-    return _start("prefect server", cmd, env, log_file, f"{base}/api", f"{base}/api/health", port)
+    return start_supervised("prefect server", cmd, env, log_file, f"{base}/api", f"{base}/api/health", port)
 
 
 def start_mlflow_server(
@@ -274,10 +296,8 @@ def start_mlflow_server(
     job execution: MLflow 3 otherwise starts seven huey consumer processes (for GenAI evaluation jobs
     edgepipe never submits), each importing MLflow, which took the CPU from pipeline runs on a 2-core
     machine."""
-    from flows.stack import mlflow_server_env
-
     cmd = [
-        _executable("mlflow"),
+        executable("mlflow"),
         "server",
         "--artifacts-destination",
         str(artifacts_dir or root / "mlartifacts"),
@@ -296,9 +316,33 @@ def start_mlflow_server(
         # the backend store by its environment variable: a password stays off the command line
         **mlflow_server_env(backend_uri or f"sqlite:///{root / 'mlflow.db'}"),
     }
-    return _start("mlflow server", cmd, env, log_file, base, f"{base}/health", port)
+    return start_supervised("mlflow server", cmd, env, log_file, base, f"{base}/health", port)
 
 
 def _public_host(host: str) -> str:
     """The address a browser uses: the bind address, or this machine's name for a wildcard bind."""
     return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+
+
+def start_worker(
+    index: int, api_url: str, tracking_uri: str, project: Path, log_dir: Path, port: int
+) -> Server:
+    """`prefect worker start` on the pool, running flow runs as subprocesses in `project`; its health
+    server on a port of its own (two workers on one machine)."""
+    env = {
+        **os.environ,
+        **worker_env(api_url, tracking_uri),
+        "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+        "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+    }
+    base = f"http://127.0.0.1:{port}"
+    return start_supervised(
+        f"prefect worker {index}",
+        [executable("prefect"), *WORKER_ARGS, "--name", f"edgepipe-worker-{index}"],
+        env,
+        log_dir / f"worker-{index}.log",
+        base,
+        f"{base}/health",
+        port,
+        cwd=project,
+    )

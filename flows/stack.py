@@ -1,13 +1,13 @@
 """The team stack without Docker: `prefect server` and `mlflow server` on PostgreSQL, MLflow's artifacts in
 one shared folder, and process workers on the `edgepipe` work pool. The environment each process gets is
-defined here once; docker/compose.yaml sets the same variables (tests/test_stack.py checks they agree).
+defined once, in flows/servers.py; docker/compose.yaml sets the same variables (tests/test_stack.py checks
+they agree).
 
 Database URLs (with their passwords) reach the servers only through the environment: never a command line,
 params.yaml, a log line or an MLflow param."""
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,30 +15,17 @@ from urllib.parse import urlsplit
 
 from components.errors import EdgepipeError
 from flows.postgres import DatabaseRole, LocalPostgres
-from flows.servers import Server, _executable, _start, start_mlflow_server, start_prefect_server, stop_servers
+from flows.servers import (
+    MLFLOW_DATABASE_VAR,
+    PREFECT_DATABASE_VAR,
+    Server,
+    start_mlflow_server,
+    start_prefect_server,
+    start_worker,
+    stop_servers,
+)
 
-POOL = "edgepipe"
-PREFECT_DATABASE_VAR = "PREFECT_SERVER_DATABASE_CONNECTION_URL"  # Prefect 3's name for the server's database
-MLFLOW_DATABASE_VAR = "MLFLOW_BACKEND_STORE_URI"  # `mlflow server --backend-store-uri`'s variable
-# one run per worker at a time: a run trains with TensorFlow on every core
-WORKER_ARGS = ("worker", "start", "--pool", POOL, "--type", "process", "--limit", "1", "--with-healthcheck")
 ROLES = {"prefect": "edgepipe_prefect", "mlflow": "edgepipe_mlflow"}  # database -> the role owning it
-
-
-def prefect_server_env(database_url: str, ui_api_url: str) -> dict[str, str]:
-    return {
-        PREFECT_DATABASE_VAR: database_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_API_URL": ui_api_url,  # the URL the browser's UI calls
-    }
-
-
-def mlflow_server_env(database_url: str) -> dict[str, str]:
-    return {MLFLOW_DATABASE_VAR: database_url}
-
-
-def worker_env(api_url: str, tracking_uri: str) -> dict[str, str]:
-    return {"PREFECT_API_URL": api_url, "MLFLOW_TRACKING_URI": tracking_uri}
 
 
 def check_database_url(var: str, url: str, scheme: str) -> None:
@@ -61,45 +48,17 @@ class Stack:
     prefect: Server
     mlflow: Server
     workers: list[Server] = field(default_factory=list)
-    postgres: LocalPostgres | None = None
-    artifacts_dir: Path | None = None
+    postgres: LocalPostgres | None = None  # a cluster this process made (stopped and removed with the stack)
 
     @property
     def servers(self) -> list[Server]:
         return [*self.workers, self.prefect, self.mlflow]
-
-    def client_env(self) -> dict[str, str]:
-        """What a client of this stack sets (the CLI, `edgepipe deploy`, a test)."""
-        return worker_env(self.prefect.url, self.mlflow.url)
 
     def stop(self, timeout: float = 30.0) -> None:
         stop_servers(self.workers, timeout)
         stop_servers([self.prefect, self.mlflow], timeout)
         if self.postgres is not None:
             self.postgres.remove()
-
-
-def start_worker(index: int, api_url: str, tracking_uri: str, project: Path, log_dir: Path) -> Server:
-    """`prefect worker start` on the pool, running flow runs as subprocesses in `project`; its health
-    server on a port of its own (two workers on one machine)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        **worker_env(api_url, tracking_uri),
-        "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
-        "PREFECT_WORKER_WEBSERVER_PORT": str(port),
-    }
-    base = f"http://127.0.0.1:{port}"
-    return _start(
-        f"prefect worker {index}",
-        [_executable("prefect"), *WORKER_ARGS, "--name", f"edgepipe-worker-{index}"],
-        env,
-        log_dir / f"worker-{index}.log",
-        base,
-        f"{base}/health",
-        port,
-        cwd=project,
-    )
 
 
 def start_local_postgres(host: str = "127.0.0.1") -> tuple[LocalPostgres, dict[str, str]]:
@@ -131,12 +90,12 @@ def start_stack(
     mlflow = start_mlflow_server(
         host, free_port(host), project, state_dir / "logs", database_urls[MLFLOW_DATABASE_VAR], artifacts_dir
     )
-    stack = Stack(prefect, mlflow, artifacts_dir=artifacts_dir)
+    stack = Stack(prefect, mlflow)
     try:
         prefect.wait_ready()
         mlflow.wait_ready()
         for index in range(1, workers + 1):
-            worker = start_worker(index, prefect.url, mlflow.url, project, state_dir / "logs")
+            worker = start_worker(index, prefect.url, mlflow.url, project, state_dir / "logs", free_port())
             stack.workers.append(worker)
             worker.wait_ready()
     except BaseException:

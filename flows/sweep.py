@@ -17,11 +17,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.atomic import write_json
-from components.config import load_params
+from components.config import Params, load_params
 from components.errors import EdgepipeError
-from components.formats import RELEASE_FORMAT, get_format
+from components.formats import RELEASE_FORMAT
 from components.git_cli import git
-from components.latency import median_latency_ms
+from components.latency import check_latency
 from components.locking import one_run_at_a_time
 from components.paths import ProjectPaths
 from components.registry import check_reachable, tracking_uri
@@ -33,7 +33,6 @@ from components.sweep.decision import Outcome, best, best_without_budgets, judge
 from components.sweep.pareto import pareto_chart
 from components.sweep.search import optuna_search
 from components.sweep.tracking import SWEEP_TAG, close_parent, log_child, open_parent
-from components.targets import get_profile
 from flows.orchestration import task_runner_map
 from flows.pipeline import _run_pipeline, ingest
 
@@ -62,19 +61,19 @@ class SweepResult:
 
 @task(cache_policy=NO_CACHE)
 def measure_latencies(
-    root: Path, runs: list[experiments.ExperimentRun], targets: list[str]
+    root: Path, runs: list[experiments.ExperimentRun], candidate_params: list[Params]
 ) -> list[float | None]:
-    """Each finished candidate's latency cell, one file at a time after the candidates ran (alone on the
-    cores, so the figures compare)."""
-    latencies = []
-    for run, target in zip(runs, targets, strict=True):
-        if run.rev is None:
-            latencies.append(None)
-            continue
-        fmt, runtime = get_profile(target).latency_cell
-        relpath = f"models/export/{get_format(fmt).filename}"
-        latencies.append(median_latency_ms(runtime, experiments.cached_output(root, run.rev, relpath)))
-    return latencies
+    """Each finished candidate's main file timed as `edgepipe run` times it, one file at a time after the
+    candidates ran (alone on the cores, so the figures compare)."""
+    return [
+        None
+        if run.rev is None
+        else check_latency(
+            cparams,
+            lambda fmt, rev=run.rev: experiments.cached_output(root, rev, f"models/export/{fmt.filename}"),
+        ).median_ms
+        for run, cparams in zip(runs, candidate_params, strict=True)
+    ]
 
 
 @flow(name="edgepipe-sweep")
@@ -136,7 +135,7 @@ def _sweep(params, params_file, root, space, search, trials, push, uri, logger) 
             for run in map_fn(run_one, wave):
                 runs_by_name[run.candidate.name] = run
         runs = [runs_by_name[c.name] for c in candidates]
-        latencies = measure_latencies(root, runs, [p.target for p in candidate_params])
+        latencies = measure_latencies(root, runs, candidate_params)
         outcomes = []
         for run, cparams, latency in zip(runs, candidate_params, latencies, strict=True):
             report = experiments.report_at(root, run.rev) if run.rev else None

@@ -1,6 +1,6 @@
 """The team stack without Docker, on real servers: a PostgreSQL cluster made by the test (as `nobody` when
 run as root), `prefect server` and `mlflow server` on it with a shared artifact folder, two process
-workers on the `edgepipe` pool; and docker/compose.yaml setting the same variables as flows/stack.py."""
+workers on the `edgepipe` pool; and docker/compose.yaml setting the same variables as flows/servers.py."""
 
 from __future__ import annotations
 
@@ -11,24 +11,23 @@ import psutil
 import pytest
 import yaml
 
-from flows.stack import (
+from flows.servers import (
     MLFLOW_DATABASE_VAR,
     POOL,
     PREFECT_DATABASE_VAR,
     WORKER_ARGS,
     mlflow_server_env,
     prefect_server_env,
-    start_local_postgres,
-    start_stack,
     worker_env,
 )
+from flows.stack import start_local_postgres, start_stack
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.xdist_group("stack")
 
 
 def test_compose_sets_the_variables_the_stack_sets():
-    """One definition (flows/stack.py): the compose services set the same names, the same database
+    """One definition (flows/servers.py): the compose services set the same names, the same database
     drivers and the same worker command as the stack `make stack-test` starts."""
     services = yaml.safe_load((PROJECT_ROOT / "docker" / "compose.yaml").read_text())["services"]
     prefect, mlflow = services["prefect-server"]["environment"], services["mlflow-server"]["environment"]
