@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from components.mcu_files import OPENMV_FIRMWARE, openmv_camera
-from components.model import BATCH_NORM_MOMENTUM, keras
+from components.model import BATCH_NORM_MOMENTUM, keras, make_training_variables
 from components.tasks.detection.data import DetectionBatches, DetectionSplit, augmented
 
 CUT_LAYER = "block_6_expand_relu"  # the last stride-8 activation of Keras' MobileNetV2 (Edge Impulse's cut)
@@ -115,6 +115,7 @@ def fit_fomo(
     args = ((grid_h, grid_w), channels - 1, batch_size, normalize)
     batches = FomoBatches(train_split, *args, augment=augment, seed=seed, shuffle=True)
     checks = FomoBatches(val_split, *args)
+    make_training_variables(model, *checks[0])
     # shuffle=False: the batches shuffle themselves, seeded (DetectionBatches)
     return model.fit(
         batches, validation_data=checks, epochs=epochs, callbacks=list(callbacks), shuffle=False, verbose=0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.model import keras
+from components.model import keras, make_training_variables
 from components.tasks.detection.data import DetectionBatches, DetectionSplit
 from components.tasks.detection.decode import Detections, NmsSettings, detections_from_raw, sigmoid
 from components.tasks.detection.metrics import GroundTruth, coco_map
@@ -48,6 +48,7 @@ def fit_detector(
         data.train, data.anchors, data.num_classes, batch_size, data.normalize, augment, seed, shuffle=True
     )
     checks = DetectionBatches(data.val, data.anchors, data.num_classes, batch_size, data.normalize)
+    make_training_variables(model, *checks[0])
     # shuffle=False: the batches shuffle themselves, seeded (DetectionBatches)
     return model.fit(
         batches, validation_data=checks, epochs=epochs, callbacks=list(callbacks), shuffle=False, verbose=2
