@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install run serve test test-serve-stop lint docs repro bench mlflow-ui prefect-ui lock clean
+.PHONY: install run serve test stack-test test-serve-stop lint docs repro bench mlflow-ui prefect-ui lock clean
 
 # The venv is rebuilt only when the lock file (or this recipe) changes. uv installs the exact pinned set and
 # compiles it to bytecode once: with PYTHONDONTWRITEBYTECODE set (as on CI machines and in docker/) every
@@ -32,7 +32,12 @@ serve: install
 # The README's test command and what CI runs: lint, then every test (the docs build is one of them).
 test: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n 3 --dist loadgroup --no-loadscope-reorder -ra --durations=15
+	$(PY) -m pytest -n 3 --dist loadgroup --no-loadscope-reorder -ra --durations=15 -m "not stack"
+
+# The team stack (PostgreSQL, Prefect and MLflow servers, two workers) under a burst of triggers and four
+# faults; prints the summary last. CI runs it after make test.
+stack-test: install
+	$(PY) -m pytest -n 0 -ra -m stack tests/test_stack_scenarios.py
 
 # The Ctrl-C-with-a-run-in-flight scenario of edgepipe serve, 10 times (every 2nd under CPU load).
 test-serve-stop: install

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -90,6 +91,29 @@ def log_run_details(description: str, prepared_dir: Path, report: ValidationRepo
         mlflow.log_dict({"classes": classes, **report.confusion}, "confusion_matrices.json")
 
 
+def log_first_artifact(tags: dict[str, str]) -> None:
+    """The run's first file (`edgepipe_release.json`: the release file's sha256, DVC md5 and the run's
+    identity), sent without MLflow's retries: those wait minutes on a store that answers HTTP 500 to every
+    file. An artifact store that refuses files (a read-only or full folder behind `mlflow server`, a bucket
+    without write access) stops the registration here, before any model version exists; Prefect's retries
+    of the register task cover a store that was only briefly away."""
+    previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        mlflow.log_dict(tags, "edgepipe_release.json")
+    except Exception as exc:  # MlflowException, requests' errors, OSError for a local folder
+        raise EdgepipeError(
+            f"MLflow's artifact store did not accept a file ({type(exc).__name__}: {str(exc)[:400]}). Check "
+            "that the MLflow server can write its artifact folder (`mlflow server --artifacts-destination`) "
+            "and that it has free space. Nothing was registered."
+        ) from None
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = previous
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What registration logs to the pipeline's MLflow run, besides the model files."""
@@ -123,6 +147,7 @@ def register(params: Params, paths: ProjectPaths, record: RunRecord) -> Registra
         mlflow.log_metrics({"float_accuracy": report.float_accuracy, **record.metrics})
         mlflow.log_metrics(validation_metrics(report))
         mlflow.log_metric("gates_passed", float(report.passed))
+        log_first_artifact(record.version_tags)
         if record.description is not None:
             log_run_details(record.description, paths.prepared_dir, report)
         if report.gates.failures:  # visible in the run list; the whole list is in validation.json

@@ -220,6 +220,14 @@ def render_dvc_yaml(data: dict) -> str:
     return header + yaml.safe_dump(data, sort_keys=False, width=120)
 
 
+def warn_if_reachable(host: str) -> None:
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(
+            f"[yellow]serve.host is {escape(host)}: the servers have no authentication; anyone who can "
+            "reach this address can read and change runs and models.[/]"
+        )
+
+
 @app.command()
 @user_errors
 def serve(
@@ -235,12 +243,7 @@ def serve(
 
     root = project_dir.resolve()
     config = load_params(root / params)
-    host = config.serve.host
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(
-            f"[yellow]serve.host is {escape(host)}: the servers have no authentication; anyone who can "
-            "reach this address can read and change runs and models.[/]"
-        )
+    warn_if_reachable(config.serve.host)
 
     def say(text: str) -> None:
         console.print(text, markup=False, highlight=False)
@@ -254,6 +257,30 @@ def serve(
         say,
     )
     raise typer.Exit(code)
+
+
+@app.command()
+@user_errors
+def stack(
+    params: Path = typer.Option(Path("params.yaml"), help="params file, relative to the project folder"),
+    project_dir: Path = typer.Option(Path("."), help="the git + DVC project folder"),
+    workers: int = typer.Option(2, min=1, help="process workers on the edgepipe pool"),
+) -> None:
+    """The team stack without Docker: Prefect and MLflow servers on PostgreSQL (the URLs in
+    PREFECT_SERVER_DATABASE_CONNECTION_URL and MLFLOW_BACKEND_STORE_URI, else a throwaway local cluster),
+    MLflow's artifacts in the project's mlartifacts/, process workers, and this project deployed on their
+    pool. Ctrl-C stops it."""
+    from components.config import load_params
+    from flows.stack import run_stack
+
+    root = project_dir.resolve()
+    config = load_params(root / params)
+    warn_if_reachable(config.serve.host)
+
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    run_stack(config, root, str(params), workers, say)
 
 
 @app.command()
@@ -277,12 +304,14 @@ def deploy(
         )
     root = project_dir.resolve()
     config = load_params(root / params)
-    from flows.deployment import deploy_to_pool, ensure_work_pool
+    from flows.deployment import CRASH_DETECTION, deploy_to_pool, ensure_crash_detection, ensure_work_pool
 
     pool_name = pool or config.serve.work_pool
     if ensure_work_pool(pool_name):
         console.print(f"Created process work pool {pool_name!r}")
     uuid = deploy_to_pool(config, root, pool_name, str(params), name)
+    if ensure_crash_detection():
+        console.print(f"Created the automation {CRASH_DETECTION!r}")
     console.print(f"Deployment edgepipe/{name} ({uuid}) on work pool {pool_name!r}; start a worker with:")
     console.print(f"  prefect worker start --pool {pool_name} --type process")
 

@@ -22,6 +22,7 @@ from prefect.schedules import Cron
 from components.config import Params
 from components.datawatch import DATA_EVENT, DataChange, DataWatch, dataset_resource_id
 from components.errors import EdgepipeError
+from flows.servers import HEARTBEAT_SECONDS
 
 log = logging.getLogger("edgepipe.serve")
 
@@ -121,6 +122,48 @@ def ensure_work_pool(pool: str) -> bool:
         except ObjectNotFound:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
             return True
+
+
+CRASH_DETECTION = "edgepipe: mark flow runs that stop sending heartbeats as crashed"
+MISSED_HEARTBEATS = 3
+
+
+def ensure_crash_detection() -> bool:
+    """Prefect's zombie-run automation, once per server: a flow run whose worker died (a killed process, a
+    lost machine) stops sending heartbeats and is marked Crashed after MISSED_HEARTBEATS of them, instead
+    of staying Running for ever. True when it was created."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    with get_client(sync_client=True) as client:
+        if client.read_automations_by_name(CRASH_DETECTION):
+            return False
+    final = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    Automation(
+        name=CRASH_DETECTION,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *final},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=HEARTBEAT_SECONDS * MISSED_HEARTBEATS),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {HEARTBEAT_SECONDS * MISSED_HEARTBEATS} s: its worker or "
+                "machine stopped; run the deployment again",
+            )
+        ],
+    ).create()
+    return True
 
 
 def deploy_to_pool(

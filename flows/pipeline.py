@@ -9,6 +9,7 @@ outputs it already records ends in Prefect's "Skipped" state; each step that ran
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -34,6 +35,7 @@ from components.results import RunResult, ValidationReport
 from components.stages import STAGES, check_params_sections, get_stage
 from components.tracking import PipelineRun, identity_tags
 from flows.orchestration import task_runner_map
+from flows.queued_runs import cancel_covered_runs
 
 
 class HideUserErrorTracebacks(logging.Filter):
@@ -118,6 +120,17 @@ def latency_task(params: Params, root: Path) -> LatencyCheck:
     return check_latency(params, lambda fmt: fmt.path(export_dir))
 
 
+@task(name="coalesce", retries=2, retry_delay_seconds=5)
+def coalesce_task(started: datetime) -> list[str]:
+    """Cancel the deployment's queued runs this run covers (flows.queued_runs states the rule)."""
+    covered = cancel_covered_runs(started)
+    if covered:
+        get_run_logger().info(
+            "cancelled %d queued run(s) this run covers: %s", len(covered), ", ".join(r.name for r in covered)
+        )
+    return [run.id for run in covered]
+
+
 @task(name="dvc-push", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def push_task(root: Path) -> int:
     return versioning.push(root)
@@ -141,6 +154,7 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
         logger.info("another edgepipe run holds %s; waiting for it to finish", lock_file)
 
     with one_run_at_a_time(root, params.orchestration, waiting):
+        coalesce_task(datetime.now(UTC))  # before the data is read: the queue it covers
         return _run_pipeline(params, params_file, root, paths, push, logger)
 
 

@@ -44,8 +44,16 @@ def mlflow_server_env(database_url: str) -> dict[str, str]:
     return {MLFLOW_DATABASE_VAR: database_url}
 
 
+HEARTBEAT_SECONDS = 30  # a worker's flow runs send one heartbeat this often (Prefect's minimum)
+
+
 def worker_env(api_url: str, tracking_uri: str) -> dict[str, str]:
-    return {"PREFECT_API_URL": api_url, "MLFLOW_TRACKING_URI": tracking_uri}
+    # heartbeats: a run whose worker dies is marked Crashed (flows.deployment.ensure_crash_detection)
+    return {
+        "PREFECT_API_URL": api_url,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
+    }
 
 
 @dataclass
@@ -233,9 +241,11 @@ def start_supervised(
     health_url: str,
     port: int,
     cwd: Path | None = None,
+    unprivileged: bool = False,
 ) -> Server:
     """The server under a supervisor in a session of its own: a terminal's Ctrl-C reaches serve only, which
-    stops the servers in order; the supervisor stops them if serve dies without doing so."""
+    stops the servers in order; the supervisor stops them if serve dies without doing so. `unprivileged`:
+    started as root, the server runs without root's capabilities (`without_privileges`)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     supervised = [
         sys.executable,
@@ -249,7 +259,7 @@ def start_supervised(
     ]
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
-            [*supervised, *cmd],
+            [*supervised, *(without_privileges() if unprivileged else []), *cmd],
             cwd=cwd or Path(__file__).resolve().parents[1],
             env=env,
             stdout=log,
@@ -260,7 +270,22 @@ def start_supervised(
     return Server(name, url, health_url, process, log_file, port)
 
 
-def start_prefect_server(host: str, port: int, state_dir: Path, database_url: str | None = None) -> Server:
+def without_privileges() -> list[str]:
+    """The command prefix that runs a server started as root without any of root's capabilities (setpriv,
+    util-linux): still uid 0, but file permissions bind it as they bind anyone, so it cannot write a folder
+    made read-only, bind a port below 1024 or change an owner. (A user account of its own is the stronger
+    choice; the Python that runs the servers here lives in root's home, which no other user may enter.)
+    Nothing to drop for any other user."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        raise EdgepipeError("as root, a server needs `setpriv` (Debian: util-linux) to drop its capabilities")
+    return ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
+
+
+def start_prefect_server(
+    host: str, port: int, state_dir: Path, database_url: str | None = None, unprivileged: bool = False
+) -> Server:
     """`prefect server start` with its SQLite database in `state_dir`, or on `database_url` (a
     postgresql+asyncpg:// URL, given in the environment only) (the server's own services run the
     schedules and the automations that turn events into runs)."""
@@ -279,7 +304,10 @@ def start_prefect_server(host: str, port: int, state_dir: Path, database_url: st
     cmd = [executable("prefect"), "server", "start", "--host", host, "--port", str(port)]
     base = f"http://{host}:{port}"
     log_file = state_dir / "logs" / "prefect-server.log"
-    return start_supervised("prefect server", cmd, env, log_file, f"{base}/api", f"{base}/api/health", port)
+    health = f"{base}/api/health"
+    return start_supervised(
+        "prefect server", cmd, env, log_file, f"{base}/api", health, port, unprivileged=unprivileged
+    )
 
 
 def start_mlflow_server(
@@ -289,18 +317,20 @@ def start_mlflow_server(
     log_dir: Path,
     backend_uri: str | None = None,
     artifacts_dir: Path | None = None,
+    unprivileged: bool = False,
 ) -> Server:
     """`mlflow server` on the project's own store (the sqlite:///mlflow.db `edgepipe run` uses without a
     server) or on `backend_uri` (a postgresql:// URL, given in the environment only), artifacts served by
     the server from `artifacts_dir` (default: the project's mlartifacts/), one worker. Without MLflow's
     job execution: MLflow 3 otherwise starts seven huey consumer processes (for GenAI evaluation jobs
     edgepipe never submits), each importing MLflow, which took the CPU from pipeline runs on a 2-core
-    machine."""
+    machine. `unprivileged`: see `start_supervised`."""
+    artifacts_dir = Path(artifacts_dir or root / "mlartifacts")
     cmd = [
         executable("mlflow"),
         "server",
         "--artifacts-destination",
-        str(artifacts_dir or root / "mlartifacts"),
+        str(artifacts_dir),
         "--host",
         host,
         "--port",
@@ -316,7 +346,9 @@ def start_mlflow_server(
         # the backend store by its environment variable: a password stays off the command line
         **mlflow_server_env(backend_uri or f"sqlite:///{root / 'mlflow.db'}"),
     }
-    return start_supervised("mlflow server", cmd, env, log_file, base, f"{base}/health", port)
+    return start_supervised(
+        "mlflow server", cmd, env, log_file, base, f"{base}/health", port, unprivileged=unprivileged
+    )
 
 
 def _public_host(host: str) -> str:

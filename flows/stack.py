@@ -8,15 +8,21 @@ params.yaml, a log line or an MLflow param."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from components.config import Params
 from components.errors import EdgepipeError
+from components.paths import ProjectPaths
 from flows.postgres import DatabaseRole, LocalPostgres
 from flows.servers import (
     MLFLOW_DATABASE_VAR,
+    POOL,
     PREFECT_DATABASE_VAR,
     Server,
     start_mlflow_server,
@@ -82,13 +88,24 @@ def start_stack(
     artifacts_dir: Path,
     workers: int = 2,
     host: str = "127.0.0.1",
+    ports: tuple[int, int] | None = None,
 ) -> Stack:
-    """Both servers on PostgreSQL, then `workers` workers; each waits until it answers its health URL."""
+    """Both servers on PostgreSQL, then `workers` workers; each waits until it answers its health URL. The
+    servers run without root's capabilities when started as root (flows.servers.without_privileges)."""
     check_database_url(PREFECT_DATABASE_VAR, database_urls[PREFECT_DATABASE_VAR], "postgresql+asyncpg")
     check_database_url(MLFLOW_DATABASE_VAR, database_urls[MLFLOW_DATABASE_VAR], "postgresql")
-    prefect = start_prefect_server(host, free_port(host), state_dir, database_urls[PREFECT_DATABASE_VAR])
+    prefect_port, mlflow_port = ports or (free_port(host), free_port(host))
+    prefect = start_prefect_server(
+        host, prefect_port, state_dir, database_urls[PREFECT_DATABASE_VAR], unprivileged=True
+    )
     mlflow = start_mlflow_server(
-        host, free_port(host), project, state_dir / "logs", database_urls[MLFLOW_DATABASE_VAR], artifacts_dir
+        host,
+        mlflow_port,
+        project,
+        state_dir / "logs",
+        database_urls[MLFLOW_DATABASE_VAR],
+        artifacts_dir,
+        unprivileged=True,
     )
     stack = Stack(prefect, mlflow)
     try:
@@ -102,3 +119,54 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+def database_urls_from_environment() -> dict[str, str] | None:
+    """The two servers' PostgreSQL URLs when the environment sets both (a team's own database server)."""
+    urls = {var: os.environ.get(var, "") for var in (PREFECT_DATABASE_VAR, MLFLOW_DATABASE_VAR)}
+    if not any(urls.values()):
+        return None
+    missing = [var for var, url in urls.items() if not url]
+    if missing:
+        raise EdgepipeError(f"set {missing[0]} as well (both servers need a database), or neither")
+    return urls
+
+
+def run_stack(config: Params, root: Path, params_path: str, workers: int, say) -> None:
+    """`edgepipe stack`: the team stack on this machine, the project deployed on its pool, until Ctrl-C.
+    PostgreSQL is the one the environment names, else a throwaway cluster in a temporary folder."""
+    urls, postgres = database_urls_from_environment(), None
+    if urls is None:
+        postgres, urls = start_local_postgres(config.serve.host)
+        say(
+            f"PostgreSQL: a throwaway cluster in {postgres.base} (removed at exit); set "
+            f"{PREFECT_DATABASE_VAR} and {MLFLOW_DATABASE_VAR} to keep the state in your own server"
+        )
+    state_dir = ProjectPaths(root).state_dir / "stack"
+    ports = (config.serve.prefect_port, config.serve.mlflow_port)
+    try:
+        stack = start_stack(root, state_dir, urls, root / "mlartifacts", workers, config.serve.host, ports)
+    except BaseException:
+        if postgres is not None:
+            postgres.remove()
+        raise
+    stack.postgres = postgres
+    try:
+        os.environ["PREFECT_API_URL"] = stack.prefect.url
+        from flows.deployment import deploy_to_pool, ensure_crash_detection, ensure_work_pool
+
+        ensure_work_pool(POOL)
+        deployment_id = deploy_to_pool(config, root, POOL, params_path)
+        ensure_crash_detection()
+        say(f"Prefect UI: {stack.prefect.url.removesuffix('/api')}   MLflow UI: {stack.mlflow.url}")
+        say(f"Deployment edgepipe/edgepipe ({deployment_id}): {workers} worker(s) on the {POOL!r} pool")
+        say(f"Logs: {state_dir / 'logs'}. Ctrl-C stops the stack.")
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        while all(server.process.poll() is None for server in stack.servers):
+            time.sleep(1)
+        say("a server of the stack stopped: stopping the rest (see the logs)")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+        say("Stopped the stack.")

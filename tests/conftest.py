@@ -316,6 +316,16 @@ def pytest_xdist_node_collection_finished(node, ids):
         )
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter):
+    """`make stack-test`: the load and fault figures of tests/test_stack_scenarios.py, after the rest."""
+    rows = getattr(sys.modules.get("test_stack_scenarios"), "STACK_SUMMARY", [])
+    if rows:
+        terminalreporter.section("edgepipe stack summary")
+        for scenario, figures in rows:
+            terminalreporter.write_line(f"{scenario:<34} {figures}")
+
+
 def assert_histories_have_the_plotted_column(paths, score: str) -> None:
     """Every history CSV that dvc.yaml plots has the column the plot draws, the task's validation score."""
     from components.stages import STAGES

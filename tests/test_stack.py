@@ -134,3 +134,18 @@ def test_roles_have_only_their_own_database_and_passwords_stay_in_the_environmen
         c.laddr.ip for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids
     ]
     assert listening and set(listening) == {"127.0.0.1"}, listening
+
+
+def test_servers_run_without_roots_capabilities_and_the_folder_permissions_bind_them(stack):
+    """Started as root (as on CI), the Prefect and MLflow servers keep uid 0 but hold no capability, so a
+    read-only artifact folder is read-only for them too; PostgreSQL runs as `nobody`."""
+    running = stack["stack"]
+    for server in (running.prefect, running.mlflow):
+        serving = psutil.Process(server.process.pid).children(recursive=True)
+        assert serving, server.name
+        for proc in serving:
+            status = dict(
+                line.split(":\t", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+            )
+            assert status["CapEff"].strip() == "0000000000000000", (server.name, proc.cmdline())
+    assert psutil.Process(running.postgres.postmaster_pid()).username() != "root"
