@@ -175,15 +175,17 @@ def test_ctrl_c_with_a_run_in_flight_and_one_queued_stops_everything_in_bounded_
         if attempt == 0:  # the UI is told the API on the server's real port, not :4200
             settings = api(f"http://127.0.0.1:{serve.ports[0]}/ui-settings", method="GET")
             assert settings["api_url"] == serve.api
-        first, second = serve.create_run(), serve.create_run()
+        in_flight = serve.create_run()
 
-        def one_running(s=serve, a=first, b=second):
-            """Which run got the concurrency slot is Prefect's choice: the other one is queued."""
-            states = {r["id"]: s.run_state(r["id"])["state_type"] for r in (a, b)}
-            running = [r for r in (a, b) if states[r["id"]] == "RUNNING"]
-            return (running[0], b if running[0] is a else a) if running else None
+        def covered_the_queue(s=serve, run=in_flight):
+            """Running, and past its first task: a run queued from now on is not one it covers (the
+            runs queued before it started it cancels, flows.queued_runs)."""
+            body = {"flow_runs": {"id": {"any_": [run["id"]]}}, "task_runs": {"name": {"like_": "coalesce"}}}
+            tasks = api(f"{s.api}/task_runs/filter", body)
+            return any(t["state_type"] == "COMPLETED" for t in tasks)
 
-        in_flight, queued = wait_for(one_running, "a run to start", log)
+        wait_for(covered_the_queue, "a run to start", log)
+        queued = serve.create_run()
         time.sleep(attempt % 4 * 2.0)  # stop at different points of the run
         if attempt % 2 == 1 or REPEATS == 1:  # both cores busy in another process while it stops
             load = [multiprocessing.Process(target=busy, args=(BOUND + 10,)) for _ in range(2)]
