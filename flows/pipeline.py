@@ -15,6 +15,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
@@ -128,7 +129,7 @@ def coalesce_task(started: datetime) -> list[str]:
         get_run_logger().info(
             "cancelled %d queued run(s) this run covers: %s", len(covered), ", ".join(r.name for r in covered)
         )
-    return [run.id for run in covered]
+    return [str(run.id) for run in covered]
 
 
 @task(name="dvc-push", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
@@ -154,7 +155,8 @@ def pipeline(params_path: str = "params.yaml", project_dir: str = ".", push: boo
         logger.info("another edgepipe run holds %s; waiting for it to finish", lock_file)
 
     with one_run_at_a_time(root, params.orchestration, waiting):
-        coalesce_task(datetime.now(UTC))  # before the data is read: the queue it covers
+        if FlowRunContext.get().flow_run.deployment_id is not None:  # only a deployment's runs queue
+            coalesce_task(datetime.now(UTC))  # before the data is read: the queue it covers
         return _run_pipeline(params, params_file, root, paths, push, logger)
 
 

@@ -14,58 +14,41 @@ event has its flow run, and every cancelled run names the run that trained on it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 
-def covered_message(name: str, run_id: str) -> str:
+def covered_message(name: str, run_id) -> str:
     return (
         f"covered by flow run {name} ({run_id}), which started after this run was queued and reads the "
         "same data folder"
     )
 
 
-@dataclass(frozen=True)
-class CoveredRun:
-    id: str
-    name: str
-
-
-def cancel_covered_runs(started: datetime) -> list[CoveredRun]:
-    """In a deployment's flow run: cancel the queued runs it covers (the module's rule). Outside a
-    deployment (`edgepipe run`, tests) there is no queue and nothing is cancelled."""
+def cancel_covered_runs(started: datetime) -> list:
+    """In a deployment's flow run: cancel the queued runs it covers (the module's rule); returns them."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterExpectedStartTime,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
     from prefect.client.schemas.objects import StateType
     from prefect.runtime import flow_run
     from prefect.states import Cancelled
+
+    from flows.served_deployment import open_runs
 
     cancelled = []
     with get_client(sync_client=True) as client:
         # this run as the server holds it: its deployment, and its parameters serialised as the queued runs'
         this = client.read_flow_run(flow_run.id)
-        if this.deployment_id is None:
-            return []
-        this_id, name, parameters = str(this.id), this.name, this.parameters
-        queued = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                expected_start_time=FlowRunFilterExpectedStartTime(before_=started),
-            ),
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[this.deployment_id])),
-        )
-        for run in queued:
-            if str(run.id) == this_id or run.created > started or run.parameters != parameters:
+        for run in open_runs(this.deployment_id):
+            covered = (
+                run.state_type == StateType.SCHEDULED
+                and run.expected_start_time <= started  # due: the schedule's later runs are not
+                and run.created <= started
+                and run.id != this.id
+                and run.parameters == this.parameters
+            )
+            if not covered:
                 continue
             # not forced: a run a worker picked up meanwhile is no longer Scheduled, and the server refuses
-            result = client.set_flow_run_state(run.id, Cancelled(message=covered_message(name, this_id)))
+            result = client.set_flow_run_state(run.id, Cancelled(message=covered_message(this.name, this.id)))
             if result.state is not None and result.state.type == StateType.CANCELLED:
-                cancelled.append(CoveredRun(str(run.id), run.name))
+                cancelled.append(run)
     return cancelled

@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DVC, api, make_project_repo, run
+from conftest import DVC, api, make_project_repo, run, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("stack-scenarios")]
 
 MODEL = "tiny-patterns"  # conftest.TINY_PARAMS
 BURST_PROCESSES, BURST_EVENTS, BURST_INTERVAL = 3, 10, 1.0  # 30 events in 10 s
 MANUAL_RUNS = 3
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 STACK_SUMMARY: list[tuple[str, str]] = []  # (scenario, figures), printed by conftest at the end
 
 
@@ -69,7 +70,7 @@ class TeamStack:
         deadline, settled_since = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             runs = self.flow_runs()
-            final = all(r["state"]["type"] in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED") for r in runs)
+            final = all(r["state"]["type"] in FINAL for r in runs)
             if final and len(runs) >= known:
                 settled_since = settled_since or time.monotonic()
                 if time.monotonic() - settled_since > 15:
@@ -89,14 +90,20 @@ class TeamStack:
         assert done.returncode == 0 and done.stdout.startswith("{"), done.stdout + done.stderr
         return before
 
+    @property
+    def log(self) -> Path:
+        """What a timed-out wait shows: the first worker's log (its flow runs' lines included)."""
+        return self.base / "state" / "logs" / "worker-1.log"
+
     def run_created_after(self, since: float, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            made = [r for r in self.flow_runs() if when(r["created"]) >= since]
-            if made:
-                return min(made, key=lambda r: when(r["created"]))
-            time.sleep(1)
-        raise AssertionError(f"no flow run created within {timeout:g} s")
+        made = wait_for(
+            lambda: [r for r in self.flow_runs() if when(r["created"]) >= since],
+            "a flow run of the new data",
+            self.log,
+            timeout,
+            every=1,
+        )
+        return min(made, key=lambda r: when(r["created"]))
 
     def flow_run(self, run_id: str) -> dict:
         return api(f"{self.api_url}/flow_runs/{run_id}", method="GET")
@@ -116,16 +123,14 @@ class TeamStack:
         raise AssertionError(f"{task} did not start within {timeout:g} s")
 
     def wait_final(self, run_id: str, timeout: float = 600) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def final() -> dict | None:
             try:
                 found = self.flow_run(run_id)
             except OSError:  # the server is being restarted
-                found = None
-            if found and found["state"]["type"] in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED"):
-                return found
-            time.sleep(2)
-        raise AssertionError(f"flow run {run_id} not final after {timeout:g} s")
+                return None
+            return found if found["state"]["type"] in FINAL else None
+
+        return wait_for(final, f"flow run {run_id} to end", self.log, timeout, every=2)
 
     def rerun(self) -> dict:
         """What an operator does after a fault: run the deployment again; it must complete."""
